@@ -1,0 +1,67 @@
+"""Figures shared by every study: curves and image grids, written as PNG files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are written on headless machines
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def line_plot(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    title: str,
+    xlabel: str = "epoch",
+    ylabel: str = "",
+) -> Path:
+    """One line per named (xs, ys) series on shared axes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    for label, (xs, ys) in series.items():
+        ax.plot(list(xs), list(ys), label=label, marker="o" if len(xs) < 15 else None, markersize=3)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def image_grid(
+    images: Sequence[np.ndarray],
+    path: str | Path,
+    titles: Sequence[str] | None = None,
+    ncols: int = 8,
+    title: str | None = None,
+    cell_inches: float = 1.6,
+) -> Path:
+    """Images (HxWx3 uint8, or HxW shown with a colour map) in a grid with optional captions."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = max(len(images), 1)
+    ncols = min(ncols, count)
+    nrows = (count + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell_inches * ncols, cell_inches * nrows + 0.4), squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if index < len(images):
+            image = images[index]
+            ax.imshow(image, cmap="viridis" if image.ndim == 2 else None, interpolation="nearest")
+            if titles is not None:
+                ax.set_title(titles[index], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

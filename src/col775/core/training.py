@@ -1,0 +1,84 @@
+"""Small pieces every training loop shares: seeding, device choice, early stopping, NaN guards, progress."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+from typing import Iterable, TypeVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced NaN or inf; the run stops and keeps its last good checkpoint."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto` is CUDA when present, else CPU; anything else is passed to torch.device as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' was asked for but CUDA is not available; use --device cpu")
+    return device
+
+
+class EarlyStopping:
+    """Stop when the watched value has not improved for `patience` epochs (patience 0 never stops)."""
+
+    def __init__(self, patience: int, mode: str = "max", best: float | None = None, bad_epochs: int = 0):
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.patience = patience
+        self.mode = mode
+        self.best = best
+        self.bad_epochs = bad_epochs
+
+    def step(self, value: float) -> bool:
+        """Record one epoch's value; True when it is the best so far."""
+        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        if better:
+            self.best = value
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        return better
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state["best"]
+        self.bad_epochs = state["bad_epochs"]
+
+
+def check_finite(loss: torch.Tensor | float, where: str) -> None:
+    """Raise NonFiniteLossError naming where the loss went NaN or inf."""
+    value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+    if not math.isfinite(value):
+        raise NonFiniteLossError(
+            f"loss became {value} at {where}. The run stops here and keeps its last good checkpoint; "
+            "lower the learning rate, enable gradient clipping, or check the input data."
+        )
+
+
+def progress(iterable: Iterable[T], desc: str, total: int | None = None, leave: bool = False) -> Iterable[T]:
+    """A tqdm bar on stderr; silent when COL775_NO_PROGRESS=1 or on a non-zero distributed rank."""
+    disabled = os.environ.get("COL775_NO_PROGRESS") == "1" or os.environ.get("RANK", "0") != "0"
+    return tqdm(iterable, desc=desc, total=total, leave=leave, disable=disabled, file=sys.stderr, dynamic_ncols=True)

@@ -1,0 +1,1 @@
+"""ResNet with interchangeable from-scratch normalisation layers (assignment 1, part 1)."""

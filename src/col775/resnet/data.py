@@ -1,0 +1,540 @@
+"""Image data for the ResNet study: an ImageFolder tree, decoded once into a uint8 disk cache.
+
+Layout read (the course's and Kaggle's Birds_25 layout)::
+
+    root/train/<Class>/*.jpg      required
+    root/val/<Class>/*.jpg        required, same class folders as train
+    root/test/<Class>/*.jpg       optional; without it a stratified test split is carved from train
+
+Every image, whatever its size or mode (grayscale, RGBA, CMYK, palette, 16-bit), is decoded once,
+made ``image_size x image_size`` RGB and appended to a flat uint8 file that is then read as a
+``numpy.memmap`` of shape (N, H, W, 3). The cache is keyed by the split's files (path, size,
+mtime) and the image size, so later epochs and later runs read pixels instead of decoding JPEGs,
+and a changed tree builds a fresh cache. Unreadable images are logged with their path, left out,
+and listed in :class:`DatasetInfo`.
+
+Public API: :func:`build_loaders` (what training calls), :class:`DatasetInfo`,
+:class:`ImageCache`/:func:`load_split` (one split's cache), :class:`CachedImageDataset`,
+:func:`train_transform`, :func:`normalize`, :func:`denormalize`, :func:`load_image`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image, ImageOps
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+# ImageNet channel statistics: a fixed, well-known choice, so that a checkpoint does not depend on
+# which subset of the data computed them, and Grad-CAM can undo them with the same constants.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+DEFAULT_CACHE_ROOT = Path("~/.cache/col775/images")
+LAYOUT_HELP = (
+    "expected layout: <root>/train/<Class>/<image>, <root>/val/<Class>/<image> "
+    "and optionally <root>/test/<Class>/<image>, with the same class folders in every split"
+)
+_CACHE_VERSION = 1
+_UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+Augment = Literal["sample", "batch", "none"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What was loaded, in the words a report needs.
+
+    ``split_sizes`` counts the images actually used (after skipping and carving);
+    ``skipped`` lists the unreadable files (absolute paths) that were left out.
+    """
+
+    root: Path
+    classes: list[str]
+    split_sizes: dict[str, int]
+    skipped: list[str]
+    test_carved: bool
+    test_fraction: float | None
+    image_size: int
+    cache_dir: Path
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form, for run folders and reports."""
+        return {
+            "root": str(self.root),
+            "classes": list(self.classes),
+            "split_sizes": dict(self.split_sizes),
+            "skipped": list(self.skipped),
+            "num_skipped": len(self.skipped),
+            "test_carved": self.test_carved,
+            "test_fraction": self.test_fraction,
+            "image_size": self.image_size,
+            "cache_dir": str(self.cache_dir),
+        }
+
+
+def load_image(path: str | os.PathLike, image_size: int) -> np.ndarray:
+    """Decode one image file into an (image_size, image_size, 3) uint8 RGB array.
+
+    EXIF rotation is applied; 16-bit grey levels are scaled to 8 bits (PIL's own convert would
+    clip them at 255); every other mode goes through PIL's ``convert("RGB")``; the result is
+    resized (squashed, not cropped) with PIL's antialiased bilinear filter.
+    Raises OSError/ValueError for a file PIL cannot read.
+    """
+    with Image.open(path) as img:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        if img.mode.startswith("I"):  # "I;16", "I;16B", "I" from 16-bit files
+            wide = np.asarray(img, dtype=np.int64).clip(0, 65535)
+            img = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
+        rgb = img.convert("RGB")
+        if rgb.size != (image_size, image_size):
+            rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        return np.asarray(rgb, dtype=np.uint8)
+
+
+def _decode_or_none(path: str, image_size: int) -> np.ndarray | str:
+    """load_image for a worker: the pixels, or the error text for an unreadable file."""
+    try:
+        return load_image(path, image_size)
+    except _UNREADABLE as err:
+        return f"{type(err).__name__}: {err}"
+
+
+def _class_folders(split_dir: Path) -> list[str]:
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"missing folder {split_dir}; {LAYOUT_HELP}")
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise FileNotFoundError(f"no class folders in {split_dir}; {LAYOUT_HELP}")
+    return classes
+
+
+def _image_files(class_dir: Path) -> list[Path]:
+    files = sorted(
+        p
+        for p in class_dir.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    if not files:
+        raise FileNotFoundError(
+            f"no images in {class_dir} (extensions {sorted(IMAGE_EXTENSIONS)}); {LAYOUT_HELP}"
+        )
+    return files
+
+
+def scan_split(split_dir: Path, classes: Sequence[str]) -> tuple[list[Path], list[int]]:
+    """List a split's image files (sorted) and their class indices; check its class folders.
+
+    Raises ValueError naming the folder when its classes differ from ``classes`` (train's).
+    """
+    found = _class_folders(split_dir)
+    if found != list(classes):
+        missing = sorted(set(classes) - set(found))
+        extra = sorted(set(found) - set(classes))
+        raise ValueError(
+            f"class folders in {split_dir} do not match the train split's: "
+            f"missing {missing}, unexpected {extra}; {LAYOUT_HELP}"
+        )
+    files: list[Path] = []
+    labels: list[int] = []
+    for index, name in enumerate(classes):
+        class_files = _image_files(split_dir / name)
+        files += class_files
+        labels += [index] * len(class_files)
+    return files, labels
+
+
+def _cache_key(files: Sequence[Path], labels: Sequence[int], image_size: int) -> str:
+    """Hash of everything the cached pixels depend on: each file's path, size and mtime."""
+    digest = hashlib.sha256(f"v{_CACHE_VERSION} size={image_size}\n".encode())
+    for path, label in zip(files, labels):
+        stat = path.stat()
+        digest.update(f"{path.resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+class ImageCache:
+    """One split's decoded images on disk: ``images`` (N, H, W, 3) uint8 memmap, ``labels`` (N,).
+
+    The memmap is opened lazily and is not pickled, so a DataLoader worker re-opens the file
+    instead of receiving a copy of the pixels.
+    """
+
+    def __init__(self, directory: Path):
+        meta = json.loads((directory / "meta.json").read_text())
+        self.directory = directory
+        self.shape: tuple[int, int, int, int] = tuple(meta["shape"])
+        self.labels: np.ndarray = np.load(directory / "labels.npy")
+        self.files: list[str] = meta["files"]
+        self.skipped: list[str] = meta["skipped"]
+        self._images: np.ndarray | None = None
+
+    @property
+    def images(self) -> np.ndarray:
+        if self._images is None:
+            self._images = np.memmap(self.directory / "images.u8", np.uint8, "r", shape=self.shape)
+        return self._images
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_images": None}
+
+
+def _build_cache(
+    source: str,
+    files: Sequence[Path],
+    labels: Sequence[int],
+    image_size: int,
+    target: Path,
+    workers: int,
+    progress: bool,
+    desc: str,
+) -> None:
+    """Decode ``files`` into a temporary folder beside ``target``, then rename it into place.
+
+    ``source`` (the split folder and image size) is recorded so that caches left over from
+    earlier versions of the same folder can be deleted once this one is in place.
+    """
+    tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    kept_labels: list[int] = []
+    kept_files: list[str] = []
+    skipped: list[str] = []
+    paths = [str(p) for p in files]
+    try:
+        with open(tmp / "images.u8", "wb") as out:
+            for path, label, result in zip(
+                paths, labels, _decode_all(paths, image_size, workers, progress, desc)
+            ):
+                if isinstance(result, str):
+                    logger.warning("skipping unreadable image %s (%s)", path, result)
+                    skipped.append(path)
+                    continue
+                out.write(result.tobytes())
+                kept_labels.append(label)
+                kept_files.append(path)
+        if not kept_files:
+            raise ValueError(f"none of the {len(paths)} images for {desc} could be read")
+        np.save(tmp / "labels.npy", np.asarray(kept_labels, dtype=np.int64))
+        meta = {
+            "source": source,
+            "shape": [len(kept_files), image_size, image_size, 3],
+            "files": kept_files,
+            "skipped": skipped,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "meta.json").is_file():  # not a finished cache from a parallel run
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale(target, source)
+
+
+def _remove_stale(current: Path, source: str) -> None:
+    """Delete other caches of the same source: they describe files that have since changed."""
+    for other in current.parent.glob(f"{current.name.rsplit('-', 1)[0]}-*"):
+        meta = other / "meta.json"
+        if other == current or not meta.is_file():
+            continue
+        try:
+            stale = json.loads(meta.read_text()).get("source") == source
+        except (OSError, ValueError):
+            continue
+        if stale:
+            shutil.rmtree(other, ignore_errors=True)
+
+
+def _decode_all(paths: list[str], image_size: int, workers: int, progress: bool, desc: str):
+    """Yield, in order, each file's pixels or error text, decoding in ``workers`` processes."""
+    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress)
+    try:
+        if workers <= 1:
+            for path in paths:
+                yield _decode_or_none(path, image_size)
+                bar.update()
+            return
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            sizes = [image_size] * len(paths)
+            for result in pool.map(_decode_or_none, paths, sizes, chunksize=16):
+                yield result
+                bar.update()
+    finally:
+        bar.close()
+
+
+def load_split(
+    split_dir: Path,
+    classes: Sequence[str],
+    image_size: int = 256,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> ImageCache:
+    """The cache of one split, built on first use and reused while its files are unchanged.
+
+    ``cache_dir`` defaults to ``~/.cache/col775/images``; ``workers`` > 1 decodes in that many
+    processes while building.
+    """
+    files, labels = scan_split(split_dir, classes)
+    root = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_ROOT).expanduser()
+    target = root / f"{split_dir.name}-{image_size}-{_cache_key(files, labels, image_size)}"
+    if not (target / "meta.json").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        desc = f"caching {split_dir} at {image_size}px"
+        source = f"{split_dir.resolve()} @ {image_size}px"
+        _build_cache(source, files, labels, image_size, target, workers, progress, desc)
+    cache = ImageCache(target)
+    for path in cache.skipped:
+        logger.warning("image %s was unreadable when its cache was built; left out", path)
+    return cache
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (..., 3, H, W) -> float32 scaled to [0, 1] and standardised with MEAN/STD."""
+    mean = torch.tensor(MEAN, device=images.device).view(3, 1, 1)
+    std = torch.tensor(STD, device=images.device).view(3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def denormalize(images: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`normalize`: float images back to [0, 1] (for plots and Grad-CAM)."""
+    mean = torch.tensor(MEAN, device=images.device).view(3, 1, 1)
+    std = torch.tensor(STD, device=images.device).view(3, 1, 1)
+    return (images * std + mean).clamp(0.0, 1.0)
+
+
+def train_transform(image_size: int, crop_scale: tuple[float, float] = (0.6, 1.0)) -> v2.Compose:
+    """Training augmentation on uint8 tensors (C, H, W) or (B, C, H, W): resized crop and flip.
+
+    On a batch tensor v2 draws one crop and one flip for the whole batch.
+    """
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(image_size, scale=crop_scale, antialias=True),
+            v2.RandomHorizontalFlip(),
+        ]
+    )
+
+
+class CachedImageDataset(Dataset):
+    """(image, label) pairs read from an :class:`ImageCache`, optionally a subset of its rows.
+
+    The image is a (3, H, W) tensor: uint8 when ``as_float`` is False, otherwise normalised
+    float32 (see :func:`normalize`). ``transform`` (uint8 -> uint8) runs before normalising.
+    """
+
+    def __init__(
+        self,
+        cache: ImageCache,
+        indices: Sequence[int] | np.ndarray | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        as_float: bool = True,
+    ):
+        self.cache = cache
+        self.indices = np.arange(len(cache)) if indices is None else np.asarray(indices, np.int64)
+        self.transform = transform
+        self.as_float = as_float
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.cache.labels[self.indices]
+
+    @property
+    def files(self) -> list[str]:
+        return [self.cache.files[i] for i in self.indices]
+
+    def _finish(self, pixels: np.ndarray, row: int) -> tuple[torch.Tensor, int]:
+        image = torch.from_numpy(pixels).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.as_float:
+            image = normalize(image)
+        return image, int(self.cache.labels[row])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        row = int(self.indices[index])
+        return self._finish(np.array(self.cache.images[row]), row)
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        """A batch in one memmap read (DataLoader calls this instead of __getitem__ per sample)."""
+        rows = self.indices[np.asarray(indices, dtype=np.int64)]
+        order = np.argsort(rows)  # ascending rows read the file front to back
+        pixels = np.empty((len(rows), *self.cache.shape[1:]), np.uint8)
+        pixels[order] = self.cache.images[rows[order]]
+        return [self._finish(p, int(r)) for p, r in zip(pixels, rows)]
+
+
+class _BatchAugment:
+    """collate_fn for augment="batch": stack uint8 samples, augment the batch once, normalise."""
+
+    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor]):
+        self.transform = transform
+
+    def __call__(self, samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.stack([image for image, _ in samples])  # (B, 3, H, W) uint8
+        labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+        return normalize(self.transform(images)), labels
+
+
+@dataclass
+class Loaders:
+    """Train/val/test DataLoaders yielding (float images (B, 3, H, W), int64 labels (B,))."""
+
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+    info: DatasetInfo
+    samplers: list[DistributedSampler] = field(default_factory=list)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle distributed samplers for a new epoch (a no-op without torch.distributed)."""
+        for sampler in self.samplers:
+            sampler.set_epoch(epoch)
+
+
+def _carve_test(labels: np.ndarray, test_fraction: float, seed: int, where: Path):
+    """Stratified (train_rows, test_rows) split of a train cache's rows."""
+    try:
+        train_rows, test_rows = train_test_split(
+            np.arange(len(labels)), test_size=test_fraction, stratify=labels, random_state=seed
+        )
+    except ValueError as err:
+        raise ValueError(
+            f"cannot carve a {test_fraction:.0%} stratified test split from {where}: {err}. "
+            "Add a test/ folder or give each class more images."
+        ) from err
+    return np.sort(train_rows), np.sort(test_rows)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def build_loaders(
+    root: str | os.PathLike,
+    *,
+    image_size: int = 256,
+    batch_size: int = 32,
+    eval_batch_size: int | None = None,
+    augment: Augment = "sample",
+    crop_scale: tuple[float, float] = (0.6, 1.0),
+    num_workers: int = 0,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    decode_workers: int = 0,
+    pin_memory: bool | None = None,
+    progress: bool = True,
+) -> Loaders:
+    """Loaders for ``root`` (the ImageFolder layout above) plus a :class:`DatasetInfo`.
+
+    ``augment``: "sample" draws a crop/flip per image (in the loader workers), "batch" one per
+    batch (cheaper), "none" turns augmentation off; val and test are never augmented.
+    Without ``root/test`` a stratified ``test_fraction`` of train (fixed ``seed``) becomes the
+    test split. Under torch.distributed every split gets a DistributedSampler (call
+    :meth:`Loaders.set_epoch` each epoch) and rank 0 builds the caches while the others wait.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist; {LAYOUT_HELP}")
+    classes = _class_folders(root / "train")
+    has_test = (root / "test").is_dir()
+    split_names = ["train", "val"] + (["test"] if has_test else [])
+
+    def load_all() -> dict[str, ImageCache]:
+        return {
+            name: load_split(root / name, classes, image_size, cache_dir, decode_workers, progress)
+            for name in split_names
+        }
+
+    distributed = _distributed()
+    if distributed and dist.get_rank() != 0:
+        dist.barrier()  # wait for rank 0 to build the caches
+    caches = load_all()
+    if distributed and dist.get_rank() == 0:
+        dist.barrier()
+
+    augmentation = train_transform(image_size, crop_scale) if augment != "none" else None
+    train_cache = caches["train"]
+    if has_test:
+        train_rows, test_cache, test_rows = None, caches["test"], None
+    else:
+        train_rows, test_rows = _carve_test(train_cache.labels, test_fraction, seed, root / "train")
+        test_cache = train_cache
+    if augment == "batch":
+        train_set = CachedImageDataset(train_cache, train_rows, as_float=False)
+    else:
+        train_set = CachedImageDataset(train_cache, train_rows, augmentation)
+    datasets = {
+        "train": train_set,
+        "val": CachedImageDataset(caches["val"]),
+        "test": CachedImageDataset(test_cache, test_rows),
+    }
+
+    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    samplers: list[DistributedSampler] = []
+    loaders: dict[str, DataLoader] = {}
+    for name, dataset in datasets.items():
+        is_train = name == "train"
+        sampler = DistributedSampler(dataset, shuffle=is_train, seed=seed) if distributed else None
+        if sampler is not None:
+            samplers.append(sampler)
+        loaders[name] = DataLoader(
+            dataset,
+            batch_size=batch_size if is_train else (eval_batch_size or batch_size),
+            shuffle=is_train and sampler is None,
+            sampler=sampler,
+            num_workers=num_workers,
+            pin_memory=pin,
+            drop_last=False,
+            persistent_workers=num_workers > 0,
+            generator=torch.Generator().manual_seed(seed) if is_train else None,
+            collate_fn=_BatchAugment(augmentation) if is_train and augment == "batch" else None,
+        )
+
+    skipped = [path for name in split_names for path in caches[name].skipped]
+    info = DatasetInfo(
+        root=root,
+        classes=classes,
+        split_sizes={name: len(dataset) for name, dataset in datasets.items()},
+        skipped=skipped,
+        test_carved=not has_test,
+        test_fraction=None if has_test else test_fraction,
+        image_size=image_size,
+        cache_dir=train_cache.directory.parent,
+    )
+    return Loaders(loaders["train"], loaders["val"], loaders["test"], info, samplers)

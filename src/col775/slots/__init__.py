@@ -1,0 +1,1 @@
+"""Object-centric learning: Slot Attention autoencoders and slot-conditioned diffusion (assignment 2)."""

@@ -1,0 +1,137 @@
+"""Slot autoencoder: shapes, mask algebra, decode/forward agreement, overfitting, configs."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from col775.slots.autoencoder import (
+    SlotAutoencoder,
+    SlotAutoencoderConfig,
+    TrainRecipe,
+    course_config,
+    course_recipe,
+    demo_config,
+    position_grid,
+    reconstruction_loss,
+)
+
+TINY = SlotAutoencoderConfig(
+    image_size=16,
+    num_slots=3,
+    slot_dim=8,
+    slot_hidden_dim=16,
+    encoder_channels=(8, 8),
+    encoder_strides=(2, 1),
+    decoder_broadcast=4,
+    decoder_channels=(8, 8),
+    decoder_strides=(2, 2),
+)
+
+
+def tiny_model() -> SlotAutoencoder:
+    torch.manual_seed(0)
+    return SlotAutoencoder(TINY)
+
+
+def test_forward_shapes():
+    out = tiny_model()(torch.rand(2, 3, 16, 16) * 2 - 1)
+    assert out["recon"].shape == (2, 3, 16, 16)
+    assert out["masks"].shape == (2, 3, 1, 16, 16)
+    assert out["slot_recons"].shape == (2, 3, 3, 16, 16)
+    assert out["slots"].shape == (2, 3, 8)
+    assert out["attn"].shape == (2, 3, 8 * 8)
+
+
+def test_masks_partition_and_recon_is_their_mixture():
+    out = tiny_model()(torch.rand(2, 3, 16, 16) * 2 - 1)
+    assert (out["masks"] >= 0).all()
+    torch.testing.assert_close(out["masks"].sum(dim=1), torch.ones(2, 1, 16, 16))
+    torch.testing.assert_close(out["recon"], (out["masks"] * out["slot_recons"]).sum(dim=1))
+
+
+def test_decode_reproduces_forward_and_accepts_any_slot_count():
+    model = tiny_model().eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 16, 16) * 2 - 1)
+        torch.testing.assert_close(model.decode(out["slots"])["recon"], out["recon"])
+        composed = model.decode(torch.randn(5, 7, 8))
+    assert composed["recon"].shape == (5, 3, 16, 16) and composed["masks"].shape == (5, 7, 1, 16, 16)
+
+
+def square_scenes(n: int) -> torch.Tensor:
+    """n images [3, 16, 16] in [-1, 1]: a grey background and two coloured squares."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.full((n, 3, 16, 16), -0.5)
+    for img in images:
+        for _ in range(2):
+            y, x = torch.randint(0, 11, (2,), generator=gen).tolist()
+            img[:, y : y + 5, x : x + 5] = torch.rand(3, 1, 1, generator=gen) * 2 - 1
+    return images
+
+
+def test_a_few_steps_overfit_one_batch():
+    model = tiny_model()
+    images = square_scenes(4)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        loss = reconstruction_loss(model(images)["recon"], images)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_course_model_matches_the_paper_shapes():
+    cfg = course_config()
+    assert (cfg.image_size, cfg.num_slots, cfg.slot_dim, cfg.slot_iters) == (128, 11, 64, 3)
+    assert cfg.feature_size == 128
+    model = SlotAutoencoder(cfg)
+    convs = [m for m in model.encoder.cnn if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [(64, (5, 5), (1, 1))] * 4
+    with torch.no_grad():
+        per_slot = model.decoder(torch.randn(1, 1, 64))
+    assert per_slot.shape == (1, 1, 4, 128, 128)
+
+
+def test_demo_model_runs():
+    cfg = demo_config()
+    with torch.no_grad():
+        out = SlotAutoencoder(cfg)(torch.zeros(2, 3, cfg.image_size, cfg.image_size))
+    assert out["attn"].shape == (2, cfg.num_slots, cfg.feature_size**2)
+
+
+def test_config_round_trip_through_dict_and_json():
+    for cfg in (course_config(), demo_config(), TINY):
+        assert SlotAutoencoderConfig.from_dict(dataclasses.asdict(cfg)) == cfg
+        assert SlotAutoencoderConfig.from_dict(json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
+
+
+def test_bad_configs_and_inputs_raise():
+    with pytest.raises(ValueError, match="decoder grows"):
+        dataclasses.replace(TINY, decoder_strides=(2, 1))
+    with pytest.raises(ValueError, match="not divisible"):
+        dataclasses.replace(TINY, image_size=17, decoder_broadcast=17, decoder_strides=(1, 1))
+    with pytest.raises(ValueError, match="unknown SlotAutoencoderConfig keys"):
+        SlotAutoencoderConfig.from_dict({"slots": 3})
+    with pytest.raises(ValueError, match="image_size"):
+        tiny_model()(torch.zeros(1, 3, 32, 32))
+
+
+def test_lr_schedule_warms_up_then_halves():
+    recipe = course_recipe()
+    assert recipe.lr_at(0) == 0.0
+    assert recipe.lr_at(5_000) == pytest.approx(4e-4 * 0.5 * 0.5**0.05)
+    assert recipe.lr_at(110_000) == pytest.approx(4e-4 * 0.5**1.1)
+    assert TrainRecipe(warmup_steps=0).lr_at(0) == 4e-4
+
+
+def test_position_grid_corners():
+    grid = position_grid(2, 3)
+    assert grid.shape == (2, 3, 4)
+    assert grid[0, 0].tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert grid[1, 2].tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert grid[0, 1].tolist() == [0.5, 0.0, 0.5, 1.0]
