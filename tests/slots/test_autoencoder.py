@@ -57,7 +57,8 @@ def test_decode_reproduces_forward_and_accepts_any_slot_count():
         out = model(torch.rand(2, 3, 16, 16) * 2 - 1)
         torch.testing.assert_close(model.decode(out["slots"])["recon"], out["recon"])
         composed = model.decode(torch.randn(5, 7, 8))
-    assert composed["recon"].shape == (5, 3, 16, 16) and composed["masks"].shape == (5, 7, 1, 16, 16)
+    assert composed["recon"].shape == (5, 3, 16, 16)
+    assert composed["masks"].shape == (5, 7, 1, 16, 16)
 
 
 def square_scenes(n: int) -> torch.Tensor:
@@ -107,7 +108,8 @@ def test_demo_model_runs():
 def test_config_round_trip_through_dict_and_json():
     for cfg in (course_config(), demo_config(), TINY):
         assert SlotAutoencoderConfig.from_dict(dataclasses.asdict(cfg)) == cfg
-        assert SlotAutoencoderConfig.from_dict(json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
+        as_json = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples come back as lists
+        assert SlotAutoencoderConfig.from_dict(as_json) == cfg
 
 
 def test_bad_configs_and_inputs_raise():

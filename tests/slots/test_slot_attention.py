@@ -140,4 +140,4 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="inputs"):
         m(torch.randn(B, N, D_IN + 1, dtype=torch.float64))
     with pytest.raises(ValueError, match="slots_init"):
-        m(torch.randn(B, N, D_IN, dtype=torch.float64), torch.randn(B, K, D + 1, dtype=torch.float64))
+        m(torch.randn(B, N, D_IN).double(), torch.randn(B, K, D + 1).double())

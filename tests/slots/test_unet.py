@@ -79,17 +79,20 @@ def _expected_param_count(cfg: UNetConfig) -> int:
     return total + 2 * ch + conv(ch, cfg.in_channels, 3)
 
 
-@pytest.mark.parametrize("make_cfg", [demo_unet_config, course_unet_config])
-def test_parameter_count_matches_layer_formulas(make_cfg):
-    cfg = make_cfg()
-    model = UNet(cfg)
-    assert sum(p.numel() for p in model.parameters()) == _expected_param_count(cfg)
+@pytest.fixture(scope="module")
+def course_unet() -> UNet:
+    return UNet(course_unet_config(slot_dim=64))
 
 
-def test_course_unet_layout():
-    cfg = course_unet_config(slot_dim=64)
+def test_parameter_count_matches_layer_formulas(course_unet):
+    demo_cfg = demo_unet_config()
+    assert sum(p.numel() for p in UNet(demo_cfg).parameters()) == _expected_param_count(demo_cfg)
+    assert sum(p.numel() for p in course_unet.parameters()) == _expected_param_count(course_unet.cfg)
+
+
+def test_course_unet_layout(course_unet):
+    cfg, model = course_unet.cfg, course_unet
     assert (cfg.base_channels, cfg.channel_mults, cfg.num_res_blocks, cfg.head_channels) == (128, (1, 2, 3, 4), 2, 32)
-    model = UNet(cfg)
     transformers = [m for m in model.modules() if isinstance(m, SlotTransformer)]
     # down: 2 each at 16x16, 8x8, 4x4; mid: 1; up: 3 each at 4x4, 8x8, 16x16.
     assert len(transformers) == 6 + 1 + 9

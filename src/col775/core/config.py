@@ -96,18 +96,23 @@ def load_config(cls: type[T], study: str, preset: str | Path | None, overrides: 
     return from_dict(cls, values, source)
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One `--field-name` flag per dataclass field, defaulting to None so presets are not overridden."""
+def add_config_args(
+    parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), aliases: dict[str, str] | None = None
+) -> None:
+    """One `--field-name` flag per dataclass field, defaulting to None so presets are not overridden.
+
+    `aliases` gives a field a second flag (e.g. where a wrapper such as torchrun swallows a short one).
+    """
     parser.add_argument("--preset", default=None, help="preset name (configs/<study>/NAME.yaml) or a YAML path")
     group = parser.add_argument_group("config fields (override the preset)")
     for name, kind in _field_types(cls).items():
         if name in skip:
             continue
-        flag = "--" + name.replace("_", "-")
+        flags = ["--" + name.replace("_", "-")] + ([aliases[name]] if aliases and name in aliases else [])
         if kind is bool:
-            group.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction)
+            group.add_argument(*flags, dest=name, default=None, action=argparse.BooleanOptionalAction)
         else:
-            group.add_argument(flag, dest=name, default=None, metavar=name.upper())
+            group.add_argument(*flags, dest=name, default=None, metavar=name.upper())
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace, study: str, default_preset: str | None = None) -> T:

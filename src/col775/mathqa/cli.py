@@ -1,8 +1,8 @@
 """The ``col775 mathqa ...`` commands.
 
 The top-level CLI calls ``register(subparsers)``. Each command is added by one
-``_add_<command>(commands)`` function listed in ``_COMMANDS``; it sets ``func`` on its
-parser to a handler ``func(args) -> int`` (the exit code). Bad input ends with
+``_add_<command>(commands)`` function listed in ``_COMMANDS``; it sets ``handler`` on its
+parser to a ``handler(args) -> int`` (the exit code). Bad input ends with
 argparse's usual ``error:`` line on stderr and exit code 2.
 """
 
@@ -34,7 +34,7 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("file", type=Path, help="JSON list of {Problem, linear_formula, answer, predicted}")
     parser.add_argument("--out", type=Path, help="also write the per-record verdicts here as JSON")
-    parser.set_defaults(func=partial(_run_score, parser=parser))
+    parser.set_defaults(handler=partial(_run_score, parser=parser))
 
 
 def _run_score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -39,6 +39,7 @@ from col775.mathqa.programs import OPERATIONS, STEP_END
 _NUMBER_TOKEN = re.compile(r"n(\d+)")
 _STEP_REF_TOKEN = re.compile(r"#(\d+)")
 _NO_BUDGET = 1 << 30
+_NEVER = 1 << 40  # a key no count reaches
 
 
 @dataclass
@@ -83,9 +84,10 @@ class ProgramGrammar:
         specials = {eos_id, pad_id, bos_id}
 
         self.arity = torch.full((vocab_size,), -1, dtype=torch.long)  # -1: not an operation
-        self.number_index = torch.full((vocab_size,), -1, dtype=torch.long)  # K of "nK"
-        self.step_ref = torch.full((vocab_size,), -1, dtype=torch.long)  # k of "#k"
-        self.is_const = torch.zeros(vocab_size, dtype=torch.bool)
+        # An argument token is allowed when number_key < num_numbers or step_key < steps_done:
+        # "nK" has number_key K, a constant -1 (always below), other tokens a key never below.
+        self.number_key = torch.full((vocab_size,), _NEVER, dtype=torch.long)
+        self.step_key = torch.full((vocab_size,), _NEVER, dtype=torch.long)  # k of "#k"
         self.is_step_end = torch.zeros(vocab_size, dtype=torch.bool)
         for token_id, token in enumerate(itos):
             if token_id in specials:
@@ -95,20 +97,22 @@ class ProgramGrammar:
             elif token == STEP_END:
                 self.is_step_end[token_id] = True
             elif token.startswith("const_"):
-                self.is_const[token_id] = True
+                self.number_key[token_id] = -1
             elif (match := _NUMBER_TOKEN.fullmatch(token)) is not None:
-                self.number_index[token_id] = int(match.group(1))
+                self.number_key[token_id] = int(match.group(1))
             elif (match := _STEP_REF_TOKEN.fullmatch(token)) is not None:
-                self.step_ref[token_id] = int(match.group(1))
+                self.step_key[token_id] = int(match.group(1))
         self.is_op = self.arity >= 0
-        self.is_arg = self.is_const | (self.number_index >= 0) | (self.step_ref >= 0)
+        self.is_arg = (self.number_key < _NEVER) | (self.step_key < _NEVER)
+        # Budget an operation needs: itself, its arguments, "|" and <eos>; never met by other tokens.
+        self.op_budget = torch.where(self.is_op, self.arity + 3, _NEVER)
 
         missing = [
             what
             for what, present in (
                 (f"the step end {STEP_END!r}", self.is_step_end.any()),
                 ("an operation (e.g. 'add')", self.is_op.any()),
-                ("a constant (e.g. 'const_1')", self.is_const.any()),
+                ("a constant (e.g. 'const_1')", (self.number_key == -1).any()),
             )
             if not present
         ]
@@ -152,12 +156,11 @@ class ProgramGrammar:
         wants_arg = (state.in_step & (state.args_left > 0))[:, None]
         wants_end = (state.in_step & (state.args_left == 0))[:, None]
 
-        fits = state.budget[:, None] >= self.arity[None, :] + 3  # [N, V]: op, args, "|", <eos>
-        mask = at_boundary & self.is_op[None, :] & fits
-        number_ok = (self.number_index[None, :] >= 0) & (self.number_index[None, :] < state.num_numbers[:, None])
-        step_ok = (self.step_ref[None, :] >= 0) & (self.step_ref[None, :] < state.steps_done[:, None])
-        mask |= wants_arg & (self.is_const[None, :] | number_ok | step_ok)
-        mask |= wants_end & self.is_step_end[None, :]
+        op_ok = self.op_budget[None, :] <= state.budget[:, None]  # [N, V]
+        arg_ok = (self.number_key[None, :] < state.num_numbers[:, None]) | (
+            self.step_key[None, :] < state.steps_done[:, None]
+        )
+        mask = torch.where(at_boundary, op_ok, torch.where(wants_arg, arg_ok, wants_end & self.is_step_end))
         mask[:, self.eos_id] = at_boundary[:, 0] & (state.steps_done > 0)
         mask[:, self.pad_id] = state.ended
         return mask
@@ -186,5 +189,5 @@ class ProgramGrammar:
     def _to(self, device: torch.device) -> None:
         """Keep the token tables on the device of the state."""
         if self.arity.device != device:
-            for name in ("arity", "number_index", "step_ref", "is_const", "is_step_end", "is_op", "is_arg"):
+            for name in ("arity", "number_key", "step_key", "is_step_end", "is_op", "is_arg", "op_budget"):
                 setattr(self, name, getattr(self, name).to(device))

@@ -215,8 +215,8 @@ def apply_op(op: str, args: list[Number]) -> Number:
 # ---------------------------------------------------------------- parsing and execution
 
 _STEP = re.compile(r"([A-Za-z_]\w*)\((.*)\)")
-_STEP_REF = re.compile(r"#(\d+)")
-_NUMBER_REF = re.compile(r"n(\d+)")
+_STEP_REF = re.compile(r"#([0-9]{1,9})")  # bounded: int() of a 5,000-digit string raises
+_NUMBER_REF = re.compile(r"n([0-9]{1,9})")
 
 
 @dataclass
@@ -292,8 +292,8 @@ def execute(formula: str, numbers: list[float], time_limit: float = DEFAULT_TIME
     deadline = time.perf_counter() + time_limit
     results: list[Number] = []
     for index, step in enumerate(parse_program(formula)):
-        args = [_resolve(arg, numbers, results) for arg in step.args]
         try:
+            args = [_resolve(arg, numbers, results) for arg in step.args]
             results.append(apply_op(step.op, args))
         except ProgramError as error:
             raise ProgramError(f"step {index}: {error}") from None

@@ -15,7 +15,8 @@ and listed in :class:`DatasetInfo`.
 
 Public API: :func:`build_loaders` (what training calls), :class:`DatasetInfo`,
 :class:`ImageCache`/:func:`load_split` (one split's cache), :class:`CachedImageDataset`,
-:func:`train_transform`, :func:`normalize`, :func:`denormalize`, :func:`load_image`.
+:class:`BatchCollate`, :func:`train_transform`, :func:`normalize`, :func:`denormalize`,
+:func:`load_image`.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def load_image(path: str | os.PathLike, image_size: int) -> np.ndarray:
         rgb = img.convert("RGB")
         if rgb.size != (image_size, image_size):
             rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8)
+        return np.array(rgb, dtype=np.uint8)
 
 
 def _decode_or_none(path: str, image_size: int) -> np.ndarray | str:
@@ -309,22 +310,29 @@ def load_split(
     files, labels = scan_split(split_dir, classes)
     root = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_ROOT).expanduser()
     target = root / f"{split_dir.name}-{image_size}-{_cache_key(files, labels, image_size)}"
-    if not (target / "meta.json").is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        desc = f"caching {split_dir} at {image_size}px"
-        source = f"{split_dir.resolve()} @ {image_size}px"
-        _build_cache(source, files, labels, image_size, target, workers, progress, desc)
-    cache = ImageCache(target)
-    for path in cache.skipped:
-        logger.warning("image %s was unreadable when its cache was built; left out", path)
-    return cache
+    if (target / "meta.json").is_file():
+        cache = ImageCache(target)
+        for path in cache.skipped:
+            logger.warning("image %s was unreadable when its cache was built; left out", path)
+        return cache
+    root.mkdir(parents=True, exist_ok=True)
+    desc = f"caching {split_dir} at {image_size}px"
+    source = f"{split_dir.resolve()} @ {image_size}px"
+    _build_cache(source, files, labels, image_size, target, workers, progress, desc)
+    return ImageCache(target)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (..., 3, H, W) -> float32 scaled to [0, 1] and standardised with MEAN/STD."""
-    mean = torch.tensor(MEAN, device=images.device).view(3, 1, 1)
+    """uint8 images (..., 3, H, W) -> contiguous float32, scaled to [0, 1] and standardised.
+
+    Equal to ``(images / 255 - MEAN) / STD`` per channel, done as one converting copy and one
+    in-place multiply-add, whatever the input's memory layout.
+    """
     std = torch.tensor(STD, device=images.device).view(3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+    mean = torch.tensor(MEAN, device=images.device).view(3, 1, 1)
+    out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+    out.copy_(images)
+    return out.mul_(1.0 / (255.0 * std)).sub_(mean / std)
 
 
 def denormalize(images: torch.Tensor) -> torch.Tensor:
@@ -350,8 +358,9 @@ def train_transform(image_size: int, crop_scale: tuple[float, float] = (0.6, 1.0
 class CachedImageDataset(Dataset):
     """(image, label) pairs read from an :class:`ImageCache`, optionally a subset of its rows.
 
-    The image is a (3, H, W) tensor: uint8 when ``as_float`` is False, otherwise normalised
-    float32 (see :func:`normalize`). ``transform`` (uint8 -> uint8) runs before normalising.
+    The image is a (3, H, W) tensor: uint8 when ``as_float`` is False (a view of the cached
+    (H, W, 3) pixels, so its strides are channels-last), otherwise normalised float32 (see
+    :func:`normalize`). ``transform`` (uint8 -> uint8) runs before normalising.
     """
 
     def __init__(
@@ -377,8 +386,8 @@ class CachedImageDataset(Dataset):
     def files(self) -> list[str]:
         return [self.cache.files[i] for i in self.indices]
 
-    def _finish(self, pixels: np.ndarray, row: int) -> tuple[torch.Tensor, int]:
-        image = torch.from_numpy(pixels).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+    def _finish(self, pixels: torch.Tensor, row: int) -> tuple[torch.Tensor, int]:
+        image = pixels.permute(2, 0, 1)  # (H, W, 3) -> (3, H, W), a view
         if self.transform is not None:
             image = self.transform(image)
         if self.as_float:
@@ -387,7 +396,7 @@ class CachedImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         row = int(self.indices[index])
-        return self._finish(np.array(self.cache.images[row]), row)
+        return self._finish(torch.from_numpy(np.array(self.cache.images[row])), row)
 
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
         """A batch in one memmap read (DataLoader calls this instead of __getitem__ per sample)."""
@@ -395,24 +404,42 @@ class CachedImageDataset(Dataset):
         order = np.argsort(rows)  # ascending rows read the file front to back
         pixels = np.empty((len(rows), *self.cache.shape[1:]), np.uint8)
         pixels[order] = self.cache.images[rows[order]]
-        return [self._finish(p, int(r)) for p, r in zip(pixels, rows)]
+        batch = torch.from_numpy(pixels)  # (B, H, W, 3)
+        return [self._finish(image, int(row)) for image, row in zip(batch, rows)]
 
 
-class _BatchAugment:
-    """collate_fn for augment="batch": stack uint8 samples, augment the batch once, normalise."""
+class BatchCollate:
+    """DataLoader collate_fn: uint8 (3, H, W) samples -> (images (B, 3, H, W), labels (B,)).
 
-    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor]):
+    ``transform``, when given, augments the uint8 batch as a whole (one draw per batch).
+    With ``as_float`` the images come out normalised float32 (see :func:`normalize`); without,
+    they stay uint8 (a quarter of the bytes to pass between processes and to the GPU) and the
+    caller normalises them on the device. Samples are stacked channels-last, which for views of
+    the cache is a plain memory copy, so uint8 batches have channels-last strides.
+    """
+
+    def __init__(
+        self, transform: Callable[[torch.Tensor], torch.Tensor] | None = None, as_float: bool = True
+    ):
         self.transform = transform
+        self.as_float = as_float
 
     def __call__(self, samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.stack([image for image, _ in samples])  # (B, 3, H, W) uint8
+        stacked = torch.stack([image.permute(1, 2, 0) for image, _ in samples])  # (B, H, W, 3)
+        images = stacked.permute(0, 3, 1, 2)  # (B, 3, H, W) view
+        if self.transform is not None:
+            images = self.transform(images)
         labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
-        return normalize(self.transform(images)), labels
+        return (normalize(images) if self.as_float else images), labels
 
 
 @dataclass
 class Loaders:
-    """Train/val/test DataLoaders yielding (float images (B, 3, H, W), int64 labels (B,))."""
+    """Train/val/test DataLoaders yielding (images (B, 3, H, W), int64 labels (B,)).
+
+    Images are normalised float32, or uint8 when built with ``as_float=False`` (then call
+    :func:`normalize` on them once they are on the device).
+    """
 
     train: DataLoader
     val: DataLoader
@@ -457,6 +484,7 @@ def build_loaders(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     decode_workers: int = 0,
+    as_float: bool = True,
     pin_memory: bool | None = None,
     progress: bool = True,
 ) -> Loaders:
@@ -464,6 +492,10 @@ def build_loaders(
 
     ``augment``: "sample" draws a crop/flip per image (in the loader workers), "batch" one per
     batch (cheaper), "none" turns augmentation off; val and test are never augmented.
+    ``as_float=False`` yields uint8 batches for the caller to :func:`normalize` on its device,
+    which takes the float conversion off the loader workers (the faster choice with a GPU).
+    ``num_workers`` loader processes read batches; ``decode_workers`` processes decode images
+    while a cache is first built. ``pin_memory`` defaults to whether CUDA is available.
     Without ``root/test`` a stratified ``test_fraction`` of train (fixed ``seed``) becomes the
     test split. Under torch.distributed every split gets a DistributedSampler (call
     :meth:`Loaders.set_epoch` each epoch) and rank 0 builds the caches while the others wait.
@@ -495,14 +527,11 @@ def build_loaders(
     else:
         train_rows, test_rows = _carve_test(train_cache.labels, test_fraction, seed, root / "train")
         test_cache = train_cache
-    if augment == "batch":
-        train_set = CachedImageDataset(train_cache, train_rows, as_float=False)
-    else:
-        train_set = CachedImageDataset(train_cache, train_rows, augmentation)
-    datasets = {
-        "train": train_set,
-        "val": CachedImageDataset(caches["val"]),
-        "test": CachedImageDataset(test_cache, test_rows),
+    per_sample = augmentation if augment == "sample" else None
+    datasets = {  # uint8 samples; BatchCollate normalises each batch at once
+        "train": CachedImageDataset(train_cache, train_rows, per_sample, as_float=False),
+        "val": CachedImageDataset(caches["val"], as_float=False),
+        "test": CachedImageDataset(test_cache, test_rows, as_float=False),
     }
 
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -523,7 +552,9 @@ def build_loaders(
             drop_last=False,
             persistent_workers=num_workers > 0,
             generator=torch.Generator().manual_seed(seed) if is_train else None,
-            collate_fn=_BatchAugment(augmentation) if is_train and augment == "batch" else None,
+            collate_fn=BatchCollate(
+                augmentation if is_train and augment == "batch" else None, as_float=as_float
+            ),
         )
 
     skipped = [path for name in split_names for path in caches[name].skipped]

@@ -38,67 +38,108 @@ def _sum_to_shape(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return t.sum(dims, keepdim=True) if dims else t
 
 
-class _AffineNorm(torch.autograd.Function):
-    """y = (x - mean) / sqrt(var + eps) * weight + bias, statistics over `dims` of `x`.
+def _sum_over(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    return t.sum(dims, keepdim=True) if dims else t
 
-    `mean` and the biased `var` are taken over `dims` (kept as size-1 dims, the "stats" shape).
-    `weight` and `bias` broadcast against `x` and may vary inside a statistics group (GroupNorm:
-    one gamma per channel, one mean per group of channels). Returns (y, mean, var); the
-    statistics are returned for running averages and carry no gradient.
+
+def _rowwise_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum(a * b) over the last dim, keeping it as size 1, without materialising a * b."""
+    length = a.shape[-1]
+    rows = a.numel() // length
+    dots = torch.bmm(a.reshape(rows, 1, length), b.reshape(rows, length, 1))  # (rows, 1, 1)
+    return dots.view(*a.shape[:-1], 1)
+
+
+def _mean_var(
+    x: torch.Tensor, dims: tuple[int, ...], row_sum: torch.Tensor, row_sum_sq: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance of `x` over `dims` (which include the last dim), kept as size 1.
+
+    `row_sum` and `row_sum_sq` are the sums of x and x^2 over the last dim, shared by all the
+    statistics of one call. var = E[x^2] - E[x]^2 needs only these fast reductions (Welford's
+    torch.var_mean is several times slower on CPU) but loses about log10(E[x^2] / var) digits,
+    so when some group's mean exceeds 10 standard deviations both are recomputed by Welford's method.
+    """
+    outer = tuple(d for d in dims if d != x.dim() - 1)
+    count = math.prod(x.shape[d] for d in dims)
+    mean = _sum_over(row_sum, outer) / count
+    mean_sq = _sum_over(row_sum_sq, outer) / count
+    var = (mean_sq - mean.square()).clamp_(min=0.0)
+    if bool((var * 100.0 < mean_sq).any()):
+        pass
+    return mean, var
+
+
+class _AffineNorm(torch.autograd.Function):
+    """y = bias + sum_j weight_j * (x - mean_j) / sqrt(var_j + eps), one or more normalisations.
+
+    Term j takes its mean and biased variance over `stat_dims[j]`, which must include the last
+    dim of `x`. Each `weight_j` (and `bias`) broadcasts against `x`, has size 1 in the last dim,
+    and may vary inside a statistics group (GroupNorm: one gamma per channel, one mean per group
+    of channels). One term is BN, IN, LN or GN; BIN is two terms, batch and instance statistics,
+    with weights gamma * rho and gamma * (1 - rho). Returns (y, mean_1, var_1, mean_2, var_2, ..);
+    the statistics are for running averages and carry no gradient.
+
+    The backward is derived by hand: every reduction it needs comes from two per-row sums
+    (sum of grad and of grad * x over the last dim), and dx is two fused passes over the tensor.
     """
 
     @staticmethod
-    def forward(
-        ctx,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor,
-        dims: tuple[int, ...],
-        eps: float,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
-        invstd = torch.rsqrt(var + eps)
-        scale = weight * invstd
-        y = torch.addcmul(bias - mean * scale, x, scale)  # one pass over x
-        ctx.save_for_backward(x, weight, mean, invstd)
-        ctx.dims = dims
-        ctx.count = math.prod(x.shape[d] for d in dims)
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+    def forward(ctx, x, bias, eps, stat_dims, *weights):
+        row_sum = x.sum(-1, keepdim=True)
+        row_sum_sq = torch.linalg.vector_norm(x, 2, -1, keepdim=True).square_()
+        scale = shift = 0.0
+        stats, saved = [], []
+        for dims, weight in zip(stat_dims, weights):
+            mean, var = _mean_var(x, dims, row_sum, row_sum_sq)
+            invstd = torch.rsqrt(var + eps)
+            scale = scale + weight * invstd
+            shift = shift - weight * invstd * mean
+            stats += [mean, var]
+            saved += [weight, mean, invstd]
+        y = torch.addcmul(bias + shift, x, scale)  # one pass over x
+        ctx.save_for_backward(x, *saved)
+        ctx.stat_dims = stat_dims
+        ctx.bias_shape = bias.shape
+        ctx.mark_non_differentiable(*stats)
+        return (y, *stats)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_y: torch.Tensor, _grad_mean: torch.Tensor, _grad_var: torch.Tensor):
-        x, weight, mean, invstd = ctx.saved_tensors
-        # "Fine" dims: reduced by the statistics and constant for the weight. Sums over them give
-        # per-(group member) partial sums from which every other sum follows cheaply.
-        fine = tuple(d for d in ctx.dims if weight.shape[d] == 1)
-        inner = tuple(d for d in ctx.dims if d not in fine)  # stats dims along which weight varies
-        sum_g = grad_y.sum(fine, keepdim=True)
-        sum_gx = (grad_y * x).sum(fine, keepdim=True)
-        sum_g_xhat = invstd * (sum_gx - mean * sum_g)  # sum of grad_y * xhat over the fine dims
-
-        grad_x = grad_weight = grad_bias = None
+    def backward(ctx, grad_y, *_grad_stats):
+        x, *saved = ctx.saved_tensors
+        last = x.dim() - 1
+        row_g = grad_y.sum(-1, keepdim=True)
+        row_gx = _rowwise_dot(grad_y, x)
+        k = k2 = k3 = 0.0  # dx = grad_y * k + x * k2 + k3, summed over the terms
+        grad_weights = []
+        for j, dims in enumerate(ctx.stat_dims):
+            weight, mean, invstd = saved[3 * j : 3 * j + 3]
+            count = math.prod(x.shape[d] for d in dims)
+            # "Fine" dims are reduced by the statistics and constant for the weight: sums over
+            # them give per-(group member) sums from which the group sums follow cheaply.
+            fine = tuple(d for d in dims if d != last and weight.shape[d] == 1)
+            inner = tuple(d for d in dims if d != last and weight.shape[d] != 1)
+            sum_g = _sum_over(row_g, fine)
+            sum_g_xhat = invstd * (_sum_over(row_gx, fine) - mean * sum_g)
+            grad_weights.append(
+                _sum_to_shape(sum_g_xhat, weight.shape) if ctx.needs_input_grad[4 + j] else None
+            )
+            if ctx.needs_input_grad[0]:
+                # With h = grad_y * weight (the gradient w.r.t. xhat), the standard result is
+                # dx = invstd * (h - mean(h) - xhat * mean(h * xhat)), means over each group.
+                mean_h = _sum_over(weight * sum_g, inner) / count
+                mean_h_xhat = _sum_over(weight * sum_g_xhat, inner) / count
+                term_k2 = -invstd * invstd * mean_h_xhat
+                k = k + weight * invstd
+                k2 = k2 + term_k2
+                k3 = k3 - invstd * mean_h - term_k2 * mean
+        grad_x = None
         if ctx.needs_input_grad[0]:
-            # With h = grad_y * weight (the gradient w.r.t. xhat), the standard result is
-            # dx = invstd * (h - mean(h) - xhat * mean(h * xhat)), means over each stats group.
-            # Written as dx = grad_y * k + x * k2 + k3 with small per-group k, k2, k3.
-            mean_h = weight * sum_g
-            mean_h_xhat = weight * sum_g_xhat
-            if inner:
-                mean_h = mean_h.sum(inner, keepdim=True)
-                mean_h_xhat = mean_h_xhat.sum(inner, keepdim=True)
-            mean_h = mean_h / ctx.count
-            mean_h_xhat = mean_h_xhat / ctx.count
-            k2 = -invstd * invstd * mean_h_xhat
-            k3 = -invstd * mean_h - k2 * mean
             grad_x = torch.addcmul(k3, x, k2)
-            grad_x.addcmul_(grad_y, weight * invstd)
-        if ctx.needs_input_grad[1]:
-            grad_weight = _sum_to_shape(sum_g_xhat, weight.shape)
-        if ctx.needs_input_grad[2]:
-            grad_bias = _sum_to_shape(sum_g, weight.shape)
-        return grad_x, grad_weight, grad_bias, None, None
+            grad_x.addcmul_(grad_y, k)
+        grad_bias = _sum_to_shape(row_g, ctx.bias_shape) if ctx.needs_input_grad[1] else None
+        return (grad_x, grad_bias, None, None, *grad_weights)
 
 
 def _check_input(x: torch.Tensor, num_channels: int, layer: str) -> None:
@@ -111,45 +152,43 @@ def _check_input(x: torch.Tensor, num_channels: int, layer: str) -> None:
 
 
 class _RunningBatchStats(nn.Module):
-    """Running mean and unbiased variance of per-channel batch statistics, as nn.BatchNorm2d keeps.
-
-    `momentum=None` gives the cumulative average, as in PyTorch.
-    """
+    """Per-channel affine parameters plus the running mean and unbiased running variance of the
+    batch statistics, kept and updated exactly as nn.BatchNorm2d does (`momentum=None` gives the
+    cumulative average, as in PyTorch)."""
 
     def __init__(self, num_channels: int, eps: float, momentum: float | None) -> None:
         super().__init__()
         self.num_channels = num_channels
         self.eps = eps
         self.momentum = momentum
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
         self.register_buffer("running_mean", torch.zeros(num_channels))
         self.register_buffer("running_var", torch.ones(num_channels))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
-    def _batch_norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """Normalise (N, C, H, W) `x` per channel: batch statistics in training, running in eval."""
-        c = self.num_channels
-        weight, bias = weight.view(1, c, 1), bias.view(1, c, 1)
-        flat = x.view(x.shape[0], c, -1)  # (N, C, H*W)
-        if not self.training:
-            scale = weight * torch.rsqrt(self.running_var.view(1, c, 1) + self.eps)
-            shift = bias - self.running_mean.view(1, c, 1) * scale
-            return torch.addcmul(shift, flat, scale).view_as(x)
-        count = flat.shape[0] * flat.shape[2]
-        if count < 2:
+    def _flatten(self, x: torch.Tensor) -> torch.Tensor:
+        """Check (N, C, H, W) input and view it as (N, C, H*W); in training, need 2+ values."""
+        _check_input(x, self.num_channels, type(self).__name__)
+        flat = x.view(x.shape[0], self.num_channels, -1)
+        if self.training and flat.shape[0] * flat.shape[2] < 2:
             raise ValueError(
                 f"{type(self).__name__} needs more than one value per channel in training mode, "
                 f"got input shape {tuple(x.shape)}; use a batch size above 1 or call model.eval()"
             )
-        y, mean, var = _AffineNorm.apply(flat, weight, bias, (0, 2), self.eps)
-        self._update_running_stats(mean.flatten(), var.flatten(), count)
-        return y.view_as(x)
+        return flat
+
+    def _running_scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, C, 1) scale and shift that normalise with the running statistics."""
+        scale = torch.rsqrt(self.running_var + self.eps).view(1, -1, 1)
+        return scale, -self.running_mean.view(1, -1, 1) * scale
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
         self.num_batches_tracked += 1
         factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        self.running_mean.lerp_(mean, factor)
-        self.running_var.lerp_(var * (count / (count - 1)), factor)
+        self.running_mean.lerp_(mean.flatten(), factor)
+        self.running_var.lerp_(var.flatten() * (count / (count - 1)), factor)
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, eps={self.eps}, momentum={self.momentum}"
@@ -160,12 +199,16 @@ class BatchNorm2d(_RunningBatchStats):
 
     def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float | None = 0.1) -> None:
         super().__init__(num_channels, eps, momentum)
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.num_channels, type(self).__name__)
-        return self._batch_norm(x, self.weight, self.bias)
+        flat = self._flatten(x)  # (N, C, H*W)
+        weight, bias = self.weight.view(1, -1, 1), self.bias.view(1, -1, 1)
+        if not self.training:
+            scale, shift = self._running_scale_shift()
+            return torch.addcmul(bias + weight * shift, flat, weight * scale).view_as(x)
+        y, mean, var = _AffineNorm.apply(flat, bias, self.eps, ((0, 2),), weight)
+        self._update_running_stats(mean, var, flat.shape[0] * flat.shape[2])
+        return y.view_as(x)
 
 
 class InstanceNorm2d(nn.Module):
@@ -183,19 +226,13 @@ class InstanceNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.num_channels, type(self).__name__)
-        return _instance_norm(x, self.weight, self.bias, self.eps)
+        flat = x.view(x.shape[0], self.num_channels, -1)  # (N, C, H*W)
+        weight, bias = self.weight.view(1, -1, 1), self.bias.view(1, -1, 1)
+        y, _, _ = _AffineNorm.apply(flat, bias, self.eps, ((2,),), weight)
+        return y.view_as(x)
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, eps={self.eps}"
-
-
-def _instance_norm(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
-) -> torch.Tensor:
-    n, c = x.shape[:2]
-    flat = x.view(n, c, -1)  # (N, C, H*W)
-    y, _, _ = _AffineNorm.apply(flat, weight.view(1, c, 1), bias.view(1, c, 1), (2,), eps)
-    return y.view_as(x)
 
 
 class BatchInstanceNorm2d(_RunningBatchStats):
@@ -203,8 +240,9 @@ class BatchInstanceNorm2d(_RunningBatchStats):
 
     y = (rho * xhat_batch + (1 - rho) * xhat_instance) * gamma + beta, with a learnable gate rho
     per channel. rho must stay in [0, 1]: call `clamp_gates(model)` after every optimiser step.
-    rho starts at 1 (pure batch norm), as in the authors' code. The batch branch keeps running
-    statistics exactly like BatchNorm2d; the instance branch always uses instance statistics.
+    rho starts at `rho_init` = 1 (pure batch norm), as in the authors' code. The batch branch
+    keeps running statistics exactly like BatchNorm2d for eval mode; the instance branch always
+    uses instance statistics. Both branches share one fused pass (see `_AffineNorm`).
     """
 
     def __init__(
@@ -217,19 +255,24 @@ class BatchInstanceNorm2d(_RunningBatchStats):
         super().__init__(num_channels, eps, momentum)
         if not 0.0 <= rho_init <= 1.0:
             raise ValueError(f"BatchInstanceNorm2d rho_init must lie in [0, 1], got {rho_init}")
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
         self.rho = nn.Parameter(torch.full((num_channels,), float(rho_init)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.num_channels, type(self).__name__)
-        ones = x.new_ones(self.num_channels)
-        zeros = x.new_zeros(self.num_channels)
-        x_batch = self._batch_norm(x, ones, zeros)
-        x_instance = _instance_norm(x, ones, zeros, self.eps)
-        shape = (1, self.num_channels, 1, 1)
-        mixed = torch.lerp(x_instance, x_batch, self.rho.view(shape))
-        return torch.addcmul(self.bias.view(shape), mixed, self.weight.view(shape))
+        flat = self._flatten(x)  # (N, C, H*W)
+        weight, bias = self.weight.view(1, -1, 1), self.bias.view(1, -1, 1)
+        rho = self.rho.view(1, -1, 1)
+        batch_weight, instance_weight = weight * rho, weight * (1.0 - rho)
+        if not self.training:
+            scale, shift = self._running_scale_shift()
+            y, _, _ = _AffineNorm.apply(
+                flat, bias + batch_weight * shift, self.eps, ((2,),), instance_weight
+            )
+            return torch.addcmul(y, flat, batch_weight * scale).view_as(x)
+        y, mean, var, _, _ = _AffineNorm.apply(
+            flat, bias, self.eps, ((0, 2), (2,)), batch_weight, instance_weight
+        )
+        self._update_running_stats(mean, var, flat.shape[0] * flat.shape[2])
+        return y.view_as(x)
 
 
 def clamp_gates(model: nn.Module) -> None:
@@ -265,12 +308,12 @@ class GroupNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.num_channels, type(self).__name__)
-        n, g = x.shape[0], self.num_groups
-        per_group = self.num_channels // g
-        flat = x.view(n, g, per_group, -1)  # (N, G, C/G, H*W)
-        weight = self.weight.view(1, g, per_group, 1)
-        bias = self.bias.view(1, g, per_group, 1)
-        y, _, _ = _AffineNorm.apply(flat, weight, bias, (2, 3), self.eps)
+        groups = self.num_groups
+        per_group = self.num_channels // groups
+        flat = x.view(x.shape[0], groups, per_group, -1)  # (N, G, C/G, H*W)
+        weight = self.weight.view(1, groups, per_group, 1)
+        bias = self.bias.view(1, groups, per_group, 1)
+        y, _, _ = _AffineNorm.apply(flat, bias, self.eps, ((2, 3),), weight)
         return y.view_as(x)
 
     def extra_repr(self) -> str:

@@ -58,12 +58,12 @@ class SlotAutoencoderConfig:
         down = math.prod(self.encoder_strides)
         if self.image_size % down:
             raise ValueError(
-                f"image_size {self.image_size} is not divisible by the encoder's total stride {down}"
+                f"image_size {self.image_size} is not divisible by the encoder's stride {down}"
             )
         up = self.decoder_broadcast * math.prod(self.decoder_strides)
         if up != self.image_size:
             raise ValueError(
-                f"decoder grows {self.decoder_broadcast} to {up}, not image_size {self.image_size}; "
+                f"decoder grows {self.decoder_broadcast} to {up}, not to {self.image_size}; "
                 "change decoder_broadcast or decoder_strides"
             )
 
@@ -74,11 +74,13 @@ class SlotAutoencoderConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> SlotAutoencoderConfig:
-        """Build from a dict such as dataclasses.asdict's or a YAML file's; unknown keys are an error."""
+        """Build from a dict (dataclasses.asdict's, a YAML file's); unknown keys are an error."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown SlotAutoencoderConfig keys {unknown}; known: {sorted(known)}")
+            raise ValueError(
+                f"unknown SlotAutoencoderConfig keys {unknown}; known: {sorted(known)}"
+            )
         return cls(**values)
 
 
@@ -106,12 +108,13 @@ def course_config() -> SlotAutoencoderConfig:
 
 
 def course_recipe() -> TrainRecipe:
-    """The paper's recipe: Adam 4e-4, 10k warm-up steps, x0.5 per 100k steps, batch 64, 500k steps."""
+    """The paper's recipe: Adam 4e-4, 10k warm-up, x0.5 per 100k steps, batch 64, 500k steps."""
     return TrainRecipe()
 
 
 def demo_config() -> SlotAutoencoderConfig:
-    """A 32x32 model small enough to train in minutes on a CPU (stride-2 encoder, 8x8 broadcast)."""
+    """A 32x32 model sized for a CPU: stride-2 encoder (N = 16x16), 8x8 broadcast, two
+    upsampling layers, K = 7 slots (scenes of up to 6 objects plus background)."""
     return SlotAutoencoderConfig(
         image_size=32,
         num_slots=7,
@@ -120,14 +123,14 @@ def demo_config() -> SlotAutoencoderConfig:
         encoder_channels=(32, 32, 32, 32),
         encoder_strides=(2, 1, 1, 1),
         decoder_broadcast=8,
-        decoder_channels=(32, 32, 32),
-        decoder_strides=(2, 2, 1),
+        decoder_channels=(32, 32),
+        decoder_strides=(2, 2),
     )
 
 
 def demo_recipe() -> TrainRecipe:
     """A short CPU schedule with the same shape as the course recipe."""
-    return TrainRecipe(lr=4e-4, warmup_steps=100, decay_steps=2_000, batch_size=32, num_steps=2_000)
+    return TrainRecipe(lr=4e-4, warmup_steps=100, decay_steps=1_000, batch_size=32, num_steps=1_500)
 
 
 def position_grid(height: int, width: int) -> Tensor:
@@ -192,7 +195,8 @@ class SpatialBroadcastDecoder(nn.Module):
 
     def forward(self, slots: Tensor) -> Tensor:
         batch, num_slots, dim = slots.shape
-        grid = slots.reshape(batch * num_slots, dim, 1, 1).expand(-1, -1, self.broadcast, self.broadcast)
+        size = self.broadcast
+        grid = slots.reshape(batch * num_slots, dim, 1, 1).expand(-1, -1, size, size)
         out = self.cnn(self.position(grid))  # [B*K, 4, H, W]
         return out.view(batch, num_slots, *out.shape[1:])
 
@@ -219,14 +223,15 @@ class SlotAutoencoder(nn.Module):
         size = self.config.image_size
         if images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
             raise ValueError(
-                f"SlotAutoencoder expects images [B, 3, {size}, {size}], got {tuple(images.shape)}; "
+                f"SlotAutoencoder expects images [B, 3, {size}, {size}], "
+                f"got {tuple(images.shape)}; "
                 "resize the data or set image_size in the config"
             )
         return self.slot_attention(self.encoder(images), slots_init)
 
     def decode(self, slots: Tensor) -> dict[str, Tensor]:
         """Any slot set [B, K', D] -> recon [B, 3, H, W], masks [B, K', 1, H, W],
-        slot_recons [B, K', 3, H, W]; K' may differ from the trained K (compositional generation)."""
+        slot_recons [B, K', 3, H, W]; K' may differ from the trained K (compositional scenes)."""
         if slots.dim() != 3 or slots.shape[-1] != self.config.slot_dim:
             raise ValueError(
                 f"decode expects slots [B, K, {self.config.slot_dim}], got {tuple(slots.shape)}"
@@ -244,5 +249,5 @@ class SlotAutoencoder(nn.Module):
 
 
 def reconstruction_loss(recon: Tensor, images: Tensor) -> Tensor:
-    """Mean squared error over every pixel and channel (the assignment's loss up to a factor of 3)."""
+    """Mean squared error over every pixel and channel (the assignment's loss, up to a factor 3)."""
     return F.mse_loss(recon, images)

@@ -91,7 +91,7 @@ class SlotAttention(nn.Module):
         batch = inputs.shape[0]
         if slots_init is None:
             slots = self.initial_slots(batch)
-        elif slots_init.dim() != 3 or slots_init.shape[0] != batch or slots_init.shape[2] != self.dim:
+        elif slots_init.dim() != 3 or slots_init.shape[::2] != (batch, self.dim):
             raise ValueError(
                 f"slots_init must be [{batch}, K, {self.dim}], got {tuple(slots_init.shape)}"
             )
@@ -100,16 +100,17 @@ class SlotAttention(nn.Module):
         num_slots = slots.shape[1]
 
         inputs = self.norm_inputs(inputs)
-        # The 1/sqrt(D) of the logits is folded into k once, not applied every iteration.
-        k = self.to_k(inputs) * (1.0 / math.sqrt(self.dim))  # [B, N, D]
+        keys_t = self.to_k(inputs).transpose(1, 2)  # [B, D, N]
         v = self.to_v(inputs)  # [B, N, D]
+        scale = 1.0 / math.sqrt(self.dim)
 
         for _ in range(self.iters):
             slots_prev = slots
-            q = self.to_q(self.norm_slots(slots))  # [B, K, D]
-            attn = torch.bmm(q, k.transpose(1, 2)).softmax(dim=1)  # [B, K, N], sums to 1 over K
+            # 1/sqrt(D) scales q [B, K, D] rather than the logits [B, K, N]: same result, less work.
+            q = self.to_q(self.norm_slots(slots)) * scale
+            attn = torch.bmm(q, keys_t).softmax(dim=1)  # [B, K, N], sums to 1 over K
             weights = attn + self.eps
-            # Weighted mean over inputs: divide the [B, K, D] sums, cheaper than the [B, K, N] weights.
+            # Weighted mean over inputs: dividing the [B, K, D] sums is cheaper than the weights.
             updates = torch.bmm(weights, v) / weights.sum(dim=-1, keepdim=True)  # [B, K, D]
             slots = self.gru(
                 updates.reshape(-1, self.dim), slots_prev.reshape(-1, self.dim)

@@ -52,7 +52,8 @@ class UNetConfig:
         if any(w % self.norm_groups for w in widths):
             raise ValueError(f"UNetConfig: every width {widths} must be divisible by norm_groups={self.norm_groups}")
         if any(w % self.head_channels for w in widths):
-            raise ValueError(f"UNetConfig: every width {widths} must be divisible by head_channels={self.head_channels}")
+            raise ValueError(f"UNetConfig: every width {widths} must be divisible by "
+                             f"head_channels={self.head_channels}")
         self.channel_mults = tuple(self.channel_mults)
         self.attention_resolutions = tuple(self.attention_resolutions)
 
@@ -198,7 +199,8 @@ class SlotTransformer(nn.Module):
 class Stage(nn.Sequential):
     """A run of ResBlocks and SlotTransformers, each given what it needs (embedding or slots)."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, emb: torch.Tensor,  # type: ignore[override]
+                slots: torch.Tensor) -> torch.Tensor:
         for layer in self:
             x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x, slots)
         return x
@@ -260,7 +262,8 @@ class UNet(nn.Module):
         if t.shape != (z_t.shape[0],):
             raise ValueError(f"UNet: t must be [B]={z_t.shape[0]} timesteps, got shape {tuple(t.shape)}")
         if slots.dim() != 3 or slots.shape[0] != z_t.shape[0] or slots.shape[2] != cfg.slot_dim:
-            raise ValueError(f"UNet: slots must be [B,K,{cfg.slot_dim}] (UNetConfig.slot_dim), got {tuple(slots.shape)}")
+            raise ValueError(f"UNet: slots must be [B,K,{cfg.slot_dim}] (UNetConfig.slot_dim), "
+                             f"got {tuple(slots.shape)}")
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """z_t [B,C,H,W], t [B] (0-based step), slots [B,K,Dslot] -> predicted noise [B,C,H,W]."""

@@ -2,8 +2,8 @@
 
 This is the CLEVRTex VQ-VAE of SlotDiffusion (Wu et al. 2023), itself the taming-transformers
 VQGAN autoencoder without the GAN. Module names follow that code so the course checkpoint
-(`vae_checkpoint.pth`, keys listed in /work/shared/specs/course-vae-state-dict.txt) loads with
-`load_state_dict(..., strict=True)`:
+(`vae_checkpoint.pth`: 205 tensors, listed key by key in the course-vae-state-dict spec) loads
+with `load_state_dict(..., strict=True)`:
 
     vae = VQVAE()                                   # 128x128x3 image <-> 3x32x32 latent
     vae.load_state_dict(torch.load(path, map_location="cpu"))
@@ -181,7 +181,10 @@ class Decoder(nn.Module):
 
 
 class VectorQuantizer(nn.Module):
-    """Nearest-codebook-row quantiser with a straight-through gradient (van den Oord et al. 2017)."""
+    """Nearest-codebook-row quantiser with a straight-through gradient (van den Oord et al. 2017).
+
+    vq_loss = ||sg(z) - e||^2 + beta ||z - sg(e)||^2 (codebook + commitment), each a mean over elements.
+    """
 
     def __init__(self, num_codes: int, dim: int, beta: float = 0.25):
         super().__init__()
@@ -189,12 +192,15 @@ class VectorQuantizer(nn.Module):
         self.embedding = nn.Embedding(num_codes, dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / num_codes, 1.0 / num_codes)
 
-    def nearest(self, flat: torch.Tensor) -> torch.Tensor:
-        """Index [N] of the codebook row closest (in L2) to each row of `flat` [N, D]."""
+    def nearest(self, flat: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+        """Index [N] of the codebook row closest (in L2) to each row of `flat` [N, D].
+
+        Rows are scored `chunk` at a time so a large batch never holds an N x num_codes matrix.
+        """
         codebook = self.embedding.weight
+        sq_norms = codebook.pow(2).sum(1)[None, :]
         # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2; ||z||^2 is the same for every row, so it is dropped.
-        scores = codebook.pow(2).sum(1)[None, :] - 2.0 * flat @ codebook.t()
-        return scores.argmin(dim=1)
+        return torch.cat([(sq_norms - 2.0 * part @ codebook.t()).argmin(dim=1) for part in flat.split(chunk)])
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """z [B,D,H,W] -> (zq [B,D,H,W] straight-through, vq_loss scalar, indices [B,H,W])."""
@@ -234,6 +240,10 @@ class VQVAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Image [B,3,H,W] in [-1,1] -> pre-quantisation latent [B,C,H/f,W/f] (the diffusion z0)."""
+        f = self.downsample_factor
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % f or x.shape[3] % f:
+            raise ValueError(f"VQVAE.encode: images must be [B,3,H,W] scaled to [-1,1] with H and W multiples of "
+                             f"{f} (the course VAE expects 128x128), got {tuple(x.shape)}")
         return self.quant_conv(self.encoder(x))
 
     def decode_quantized(self, zq: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,130 @@
+"""Batched beam search (k = 10) vs the same search one example at a time, and vs greedy decoding.
+
+Claims (targets): at batch 64, batching the beam search over batch x beam is at least 10x
+faster than running it example by example, and costs at most 4x greedy decoding of the
+same batch. The model is the project's own attention LSTM (``models.build_model("lstm_attn")``,
+random weights, hidden 256, target vocabulary of about 100 tokens, source length 40);
+with random weights hypotheses rarely end early, so every search runs close to max_len,
+the worst case for beam search. Times are the best of a few repeats on this CPU.
+
+Each is timed twice: with ``models.DecoderState`` as it is (every back-pointer step copies
+the attention keys and memory of all B*k rows) and with a state that also offers
+``select_beams`` (see ``beam.py``), which leaves that per-example memory in place.
+
+    .venv/bin/python benchmarks/bench_beam.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from col775.mathqa import programs
+from col775.mathqa.beam import beam_search, greedy_search
+from col775.mathqa.data import Batch, Vocab
+from col775.mathqa.grammar import ProgramGrammar
+from col775.mathqa.models import DecoderState, ModelConfig, Seq2Seq, build_model
+
+
+@dataclass
+class SharedMemoryState:
+    """``models.DecoderState`` plus ``select_beams``: back-pointers gather only h, c and the
+    input feed, since the attention keys, memory and mask are the same for every beam of an example."""
+
+    inner: DecoderState
+
+    def index_select(self, idx: torch.Tensor) -> SharedMemoryState:
+        return SharedMemoryState(self.inner.index_select(idx))
+
+    def select_beams(self, idx: torch.Tensor) -> SharedMemoryState:
+        s = self.inner
+        return SharedMemoryState(DecoderState(s.h.index_select(0, idx), s.c.index_select(0, idx),
+                                              s.feed.index_select(0, idx), s.keys, s.values, s.mask))
+
+
+class SharedMemoryModel:
+    """The same model, handing out ``SharedMemoryState``s (what models.py could adopt)."""
+
+    def __init__(self, model: Seq2Seq) -> None:
+        self.model, self.tgt_vocab = model, model.tgt_vocab
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        return self.model.parameters()
+
+    def start(self, batch: Batch) -> SharedMemoryState:
+        return SharedMemoryState(self.model.start(batch))
+
+    def step(self, prev: torch.Tensor, state: SharedMemoryState) -> tuple[torch.Tensor, SharedMemoryState]:
+        logits, inner = self.model.step(prev, state.inner)
+        return logits, SharedMemoryState(inner)
+
+
+def best_time(run: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def make_batch(batch_size: int, src_len: int, src_vocab_size: int, seed: int) -> Batch:
+    generator = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, src_vocab_size, (batch_size, src_len), generator=generator)
+    lengths = torch.full((batch_size,), src_len)
+    return Batch(src=src, src_lengths=lengths, tgt=torch.zeros(batch_size, 2, dtype=torch.long),
+                 tgt_lengths=torch.full((batch_size,), 2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="batch 16, max_len 20, one repeat")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    batch_size, max_len, repeats = (16, 20, 1) if args.quick else (64, 40, 3)
+    beam_size, src_len = 10, 40
+
+    torch.manual_seed(0)
+    tgt_itos = [*Vocab.specials, *programs.OPERATIONS, "|", *programs.CONSTANTS[:20],
+                *(f"n{k}" for k in range(12)), *(f"#{k}" for k in range(10))]
+    tgt_vocab = Vocab(tgt_itos)
+    src_vocab = Vocab([*Vocab.specials, *(f"w{i}" for i in range(2000))])
+    model = build_model("lstm_attn", src_vocab, tgt_vocab, ModelConfig(glove="random", hidden_size=256)).eval()
+    batch = make_batch(batch_size, src_len, len(src_vocab), seed=1)
+    num_numbers = torch.randint(1, 8, (batch_size,), generator=torch.Generator().manual_seed(2))
+    grammar = ProgramGrammar(tgt_vocab.itos, tgt_vocab.eos_id, tgt_vocab.pad_id, tgt_vocab.bos_id)
+    singles = [Batch(src=batch.src[i : i + 1], src_lengths=batch.src_lengths[i : i + 1],
+                     tgt=batch.tgt[i : i + 1], tgt_lengths=batch.tgt_lengths[i : i + 1]) for i in range(batch_size)]
+
+    with torch.inference_mode():
+        same = [[h.tokens for h in hs] for hs in beam_search(model, batch, beam_size, max_len)] == [
+            [h.tokens for h in hs] for hs in beam_search(SharedMemoryModel(model), batch, beam_size, max_len)]
+    if not same:
+        raise RuntimeError("select_beams changed the beam search result")
+    print(f"attention LSTM (hidden 256), target vocab {len(tgt_vocab)}, source length {src_len}, "
+          f"batch {batch_size}, beam {beam_size}, max_len {max_len}, torch threads {torch.get_num_threads()}")
+    for name, decoder in (("models.DecoderState as is", model), ("with select_beams", SharedMemoryModel(model))):
+        with torch.inference_mode():
+            greedy = best_time(lambda: greedy_search(decoder, batch, max_len), repeats)
+            batched = best_time(lambda: beam_search(decoder, batch, beam_size, max_len), repeats)
+            constrained = best_time(lambda: beam_search(decoder, batch, beam_size, max_len, grammar=grammar,
+                                                        num_numbers=num_numbers), repeats)
+            one_by_one = best_time(lambda: [beam_search(decoder, one, beam_size, max_len) for one in singles], 1)
+        print(f"\n[{name}]")
+        print(f"greedy, batched                 {greedy * 1e3:9.1f} ms")
+        print(f"beam, batched                   {batched * 1e3:9.1f} ms")
+        print(f"beam + grammar, batched         {constrained * 1e3:9.1f} ms")
+        print(f"beam, one example at a time     {one_by_one * 1e3:9.1f} ms")
+        print(f"speed-up of batching the beam   {one_by_one / batched:9.1f} x   (target >= 10x)")
+        print(f"beam time / greedy time         {batched / greedy:9.1f} x   (target <= 4x)")
+        print(f"grammar overhead on the beam    {constrained / batched:9.2f} x")
+
+
+if __name__ == "__main__":
+    main()

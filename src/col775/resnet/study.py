@@ -1,0 +1,244 @@
+"""The whole normalisation study (`col775 resnet study`) and its report.
+
+Runs, each a run folder under the study's output folder:
+    norm-<kind>          every kind of `study_norms` at the configured batch size: torch_bn is the
+                         model of section 1.1, bn/in/bin/ln/gn/nn the six variants of section 2
+    batch-<kind>-b<B>    BN and GN at each of `study_batch_sizes`, with early stopping on val accuracy
+Then Grad-CAM on the run with the best val accuracy, and one report with every number and setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from col775.core.plots import line_plot
+from col775.core.report import Report
+from col775.core.runs import RunDir, read_run
+from col775.core.training import pick_device
+from col775.resnet.config import ResnetConfig, run_fields
+from col775.resnet.gradcam import gradcam_grids
+from col775.resnet.train import build_model, evaluate, make_loaders, train
+
+log = logging.getLogger(__name__)
+
+NAMES = {
+    "torch_bn": "torch BatchNorm2d (1.1)", "bn": "BN", "in": "IN", "bin": "BIN", "ln": "LN", "gn": "GN", "nn": "no norm",
+}  # fmt: skip
+CURVES = (("loss", "error (cross-entropy)"), ("accuracy", "accuracy"), ("micro_f1", "micro F1"), ("macro_f1", "macro F1"))
+
+
+def study_runs(config: ResnetConfig) -> dict[str, ResnetConfig]:
+    """Every run the study trains, by folder name."""
+    runs = {f"norm-{kind}": dataclasses.replace(config, norm=kind) for kind in config.study_norms}
+    for kind in ("bn", "gn"):
+        for size in config.study_batch_sizes:
+            runs[f"batch-{kind}-b{size}"] = dataclasses.replace(
+                config, norm=kind, batch_size=size, patience=config.study_batch_patience
+            )
+    return runs
+
+
+def run_study(config: ResnetConfig, out: str | Path, force: bool = False) -> Report:
+    """Train every run (resuming or skipping finished ones), then Grad-CAM, then the report."""
+    out = Path(out)
+    runs = study_runs(config)
+    for name, run_config in runs.items():
+        log.info("study run %s", name)
+        train(run_config, out / name, force=force)
+    results = {name: read_run(out / name) for name in runs}
+    best_name = max(results, key=lambda n: results[n]["metrics"]["val"]["accuracy"])
+    report = build_report(config, results, out)
+    add_gradcam(report, config, runs[best_name], out / best_name, out / "gradcam")
+    path = report.write(out)
+    log.info("report written to %s", path)
+    return report
+
+
+def _fmt(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def _label(name: str, run: dict) -> str:
+    config = run["config"]
+    if name.startswith("norm-"):
+        return NAMES.get(config["norm"], config["norm"])
+    return f"{NAMES.get(config['norm'], config['norm'])}, batch {config['batch_size']}"
+
+
+def _curves(results: dict[str, dict], names: list[str], key: str, title: str, path: Path) -> Path:
+    series = {}
+    for name in names:
+        history = results[name]["history"]
+        epochs = [r["epoch"] + 1 for r in history]
+        for split in ("train", "val"):
+            series[f"{_label(name, results[name])} {split}"] = (epochs, [r[f"{split}/{key}"] for r in history])
+    return line_plot(series, path, title=title, ylabel=key)
+
+
+def build_report(config: ResnetConfig, results: dict[str, dict], out: Path) -> Report:
+    figures = out / "figures"
+    report = Report("ResNet normalisation study")
+    data = next(iter(results.values()))["metrics"]["data"]
+    report.text(
+        f"A {6 * config.n + 2}-layer ResNet (n = {config.n}) on {len(data['classes'])} classes from "
+        f"`{data['root']}` ({'generated data' if not config.data else 'user data'}), images "
+        f"{data['image_size']}x{data['image_size']}; splits: "
+        + ", ".join(f"{k} {v}" for k, v in data["split_sizes"].items())
+        + ". "
+        + (f"There was no test split, so a stratified {data['test_fraction']:.0%} of train (seed {config.seed}) "
+           "was held out as test. " if data["test_carved"] else "")
+        + (f"{data['num_skipped']} unreadable images were skipped: {', '.join(data['skipped'][:10])}. "
+           if data["num_skipped"] else "No image was unreadable. ")
+        + f"Optimiser {config.optimizer} (lr {config.lr}, momentum {config.momentum}, weight decay "
+        f"{config.weight_decay}), schedule {config.schedule}, {config.epochs} epochs at most; numbers are "
+        "from the checkpoint with the best validation accuracy, evaluated without augmentation."
+    )
+
+    norm_runs = [n for n in results if n.startswith("norm-")]
+    report.heading("Accuracy, micro F1 and macro F1 (%)")
+    headers = ["run"] + [f"{split} {metric}" for split in ("train", "val", "test") for metric in ("acc", "micro F1", "macro F1")]
+    headers += ["best epoch", "epochs run", "images/s"]
+    rows = []
+    for name, run in results.items():
+        m = run["metrics"]
+        row = [_label(name, run)]
+        row += [_fmt(m[split][key]) for split in ("train", "val", "test") for key in ("accuracy", "micro_f1", "macro_f1")]
+        row += [(m["best_epoch"] or 0) + 1, m["epochs_run"], f"{m['images_per_second']:.1f}"]
+        rows.append(row)
+    report.table(headers, rows)
+
+    report.heading("Curves of every variant")
+    for key, title in CURVES:
+        val_series = {
+            _label(n, results[n]): ([r["epoch"] + 1 for r in results[n]["history"]], [r[f"val/{key}"] for r in results[n]["history"]])
+            for n in norm_runs
+        }
+        report.figure(line_plot(val_series, figures / f"variants_val_{key}.png", title=f"val {title}", ylabel=key),
+                      f"Validation {title} of every normalisation variant")
+    for name in norm_runs:
+        for key, title in CURVES[:2]:
+            report.figure(_curves(results, [name], key, f"{_label(name, results[name])}: {title}",
+                                  figures / f"{name}_{key}.png"), f"{_label(name, results[name])}: train and val {title}")
+
+    if "norm-torch_bn" in results and "norm-bn" in results:
+        add_sanity_check(report, results["norm-torch_bn"], results["norm-bn"], figures)
+    batch_runs = [n for n in results if n.startswith("batch-")]
+    if batch_runs:
+        add_batch_study(report, results, batch_runs, figures)
+    report.heading("Observations")
+    report.text(observations(results))
+    report.heading("Settings of every run")
+    for name, run in results.items():
+        report.settings(name, run["config"])
+    return report
+
+
+def add_sanity_check(report: Report, torch_run: dict, ours: dict, figures: Path) -> None:
+    report.heading("Sanity check: torch BatchNorm2d against our BN")
+    rows = []
+    for split in ("train", "val", "test"):
+        for key in ("accuracy", "micro_f1", "macro_f1"):
+            a, b = torch_run["metrics"][split][key], ours["metrics"][split][key]
+            rows.append([f"{split} {key}", _fmt(a), _fmt(b), f"{100 * (b - a):+.2f}"])
+    report.table(["metric", "torch BN (%)", "our BN (%)", "difference (points)"], rows)
+    for key, title in CURVES[:2]:
+        series = {}
+        for label, run in (("torch BN", torch_run), ("our BN", ours)):
+            for split in ("train", "val"):
+                series[f"{label} {split}"] = ([r["epoch"] + 1 for r in run["history"]], [r[f"{split}/{key}"] for r in run["history"]])
+        report.figure(line_plot(series, figures / f"sanity_{key}.png", title=f"torch BN vs our BN: {title}", ylabel=key),
+                      f"torch BatchNorm2d and our BatchNorm: {title}, train and val")
+    gaps = [abs(a[f"val/loss"] - b[f"val/loss"]) for a, b in zip(torch_run["history"], ours["history"])]
+    if gaps:
+        report.text(f"The largest per-epoch difference in validation loss is {max(gaps):.4g}.")
+
+
+def add_batch_study(report: Report, results: dict[str, dict], names: list[str], figures: Path) -> None:
+    report.heading("Batch size: BN and GN")
+    rows = []
+    for name in names:
+        run = results[name]
+        m = run["metrics"]
+        rows.append([_label(name, run), _fmt(m["val"]["accuracy"]), _fmt(m["test"]["accuracy"]), _fmt(m["test"]["macro_f1"]),
+                     m["epochs_run"], "yes" if m["stopped_early"] else "no"])
+    report.table(["run", "val acc", "test acc", "test macro F1", "epochs run", "stopped early"], rows)
+    series = {_label(n, results[n]): ([r["epoch"] + 1 for r in results[n]["history"]], [r["val/accuracy"] for r in results[n]["history"]]) for n in names}
+    report.figure(line_plot(series, figures / "batch_val_accuracy.png", title="val accuracy by batch size", ylabel="accuracy"),
+                  "Validation accuracy of BN and GN at each batch size")
+
+
+def observations(results: dict[str, dict]) -> str:
+    """A paragraph read off the numbers (no claim that the numbers don't support)."""
+    val = {name: run["metrics"]["val"]["accuracy"] for name, run in results.items()}
+    test = {name: run["metrics"]["test"]["accuracy"] for name, run in results.items()}
+    norm = {n: v for n, v in val.items() if n.startswith("norm-")}
+    parts = []
+    if norm:
+        ranked = sorted(norm, key=norm.get, reverse=True)
+        label = lambda n: _label(n, results[n])  # noqa: E731
+        parts.append(
+            "By validation accuracy the variants rank " + ", ".join(f"{label(n)} {_fmt(norm[n])}%" for n in ranked) + "."
+        )
+        if "norm-nn" in norm and "norm-bn" in norm:
+            gap = 100 * (norm["norm-bn"] - norm["norm-nn"])
+            parts.append(f"BN is {gap:+.1f} points against no normalisation.")
+        if "norm-torch_bn" in norm and "norm-bn" in norm:
+            diff = 100 * (test["norm-bn"] - test["norm-torch_bn"])
+            parts.append(f"Our BN and torch's BatchNorm2d differ by {diff:+.2f} points of test accuracy.")
+    for kind in ("bn", "gn"):
+        sizes = sorted((int(n.rsplit("-b", 1)[1]), val[n]) for n in val if n.startswith(f"batch-{kind}-"))
+        if len(sizes) >= 2:
+            (small, a), (large, b) = sizes[0], sizes[-1]
+            parts.append(f"{kind.upper()} goes from {_fmt(b)}% at batch {large} to {_fmt(a)}% at batch {small} ({100 * (a - b):+.1f} points).")
+    chance = 1 / max(len(next(iter(results.values()))["metrics"]["data"]["classes"]), 1)
+    parts.append(f"Chance is {_fmt(chance)}%.")
+    return " ".join(parts)
+
+
+def add_gradcam(report: Report, config: ResnetConfig, best: ResnetConfig, run_dir: Path, out: Path) -> None:
+    """Grad-CAM grids of the best run on validation images of the chosen classes."""
+    device = pick_device(best.device)
+    loaders = make_loaders(best)
+    model = build_model(best, loaders.info.num_classes).to(device)
+    RunDir(run_dir, run_fields(best)).load_best({"model": model})
+    val = evaluate(model, loaders.val, device, loaders.info.num_classes, best.amp, "Grad-CAM predictions")
+    chosen = [c for c in config.gradcam_classes if c in loaders.info.classes]
+    report.heading(f"Grad-CAM of the best model ({run_dir.name})")
+    if not chosen:
+        report.text(f"None of the Grad-CAM classes {config.gradcam_classes} is in the data; set --gradcam-classes.")
+        return
+    maps = gradcam_grids(model, loaders.val.dataset, val.predictions, val.labels, loaders.info.classes, chosen,
+                         config.gradcam_per_kind, out, device)
+    short = [f"{m.name} ({m.correct} correct, {m.wrong} wrong)" for m in maps
+             if m.correct < config.gradcam_per_kind or m.wrong < config.gradcam_per_kind]
+    report.text(
+        f"Maps for the true class at the {2 * best.n} layers of the last (64x64 at 256x256 input) stage, "
+        f"mean-aggregated by the grad-cam package, laid over validation images: top row classified "
+        f"correctly, bottom row wrongly. "
+        + (f"Fewer than {config.gradcam_per_kind} images existed for: {'; '.join(short)}." if short else "")
+    )
+    for m in maps:
+        report.figure(m.grid, f"Grad-CAM, {m.name}")
+    peaks = _map_stats(val, chosen, loaders.info.classes)
+    if peaks:
+        report.text(peaks)
+
+
+def _map_stats(val, chosen: list[str], classes: list[str]) -> str:
+    accuracy = [(name, float(np.mean(val.predictions[val.labels == classes.index(name)] == classes.index(name))))
+                for name in chosen if np.any(val.labels == classes.index(name))]
+    if not accuracy:
+        return ""
+    return "Validation accuracy of these classes: " + ", ".join(f"{n} {_fmt(a)}%" for n, a in accuracy) + "."
+
+
+def demo(out: Path, force: bool = False) -> Report:
+    """The study at CPU size on generated data (`col775 demo`)."""
+    from col775.core.config import load_config
+
+    config = load_config(ResnetConfig, "resnet", "demo", {})
+    return run_study(config, out, force=force)

@@ -1,0 +1,293 @@
+"""Train and evaluate one ResNet run: `col775 resnet train`.
+
+One epoch = a pass over train with the optimiser, then an evaluation of val; both write loss, accuracy,
+micro F1 and macro F1 to metrics.jsonl, and a checkpoint follows every epoch. At the end the best
+checkpoint (by val accuracy) is evaluated, without augmentation, on train, val and test.
+
+Under `torchrun --nproc_per_node=N -m col775 resnet train ...` the model is wrapped in
+DistributedDataParallel (gloo on CPU, NCCL on CUDA); every rank evaluates its shard and the predictions
+are gathered before metrics are computed, and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+from torch import nn
+
+from col775.core.runs import RunDir
+from col775.core.training import EarlyStopping, check_finite, pick_device, progress, seed_everything
+from col775.resnet.config import ResnetConfig, run_fields
+from col775.resnet.data import Loaders, build_loaders
+from col775.resnet.norms import clamp_gates
+from col775.resnet.resnet import ResNet
+from col775.resnet.synthetic import BIRDS25_CLASSES, generate_image_folder
+
+log = logging.getLogger(__name__)
+
+
+def cache_root(config: ResnetConfig) -> Path:
+    return Path(config.cache_dir or "~/.cache/col775").expanduser()
+
+
+def data_root(config: ResnetConfig) -> Path:
+    """The user's data folder, or the synthetic set (generated once, then reused) when none is given."""
+    if config.data:
+        return Path(config.data).expanduser()
+    name = (
+        f"birds-synthetic-s{config.image_size}-{config.synthetic_train_per_class}-"
+        f"{config.synthetic_val_per_class}-{config.synthetic_test_per_class}-seed{config.seed}"
+    )
+    root = cache_root(config) / "synthetic" / name
+    if _rank() == 0:
+        generate_image_folder(
+            root,
+            train_per_class=config.synthetic_train_per_class,
+            val_per_class=config.synthetic_val_per_class,
+            test_per_class=config.synthetic_test_per_class,
+            size=config.image_size,
+            seed=config.seed,
+            class_names=BIRDS25_CLASSES,
+        )
+    if _distributed():
+        dist.barrier()
+    return root
+
+
+def make_loaders(config: ResnetConfig, batch_size: int | None = None) -> Loaders:
+    return build_loaders(
+        data_root(config),
+        image_size=config.image_size,
+        batch_size=batch_size or config.batch_size,
+        eval_batch_size=config.eval_batch_size,
+        augment=config.augment,
+        num_workers=config.num_workers,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        cache_dir=cache_root(config) / "images",
+        progress=_rank() == 0,
+    )
+
+
+def build_model(config: ResnetConfig, num_classes: int) -> ResNet:
+    kwargs = {"num_groups": config.gn_groups} if config.norm == "gn" else {}
+    return ResNet(config.n, num_classes, config.norm, **kwargs)
+
+
+def build_optimizer(config: ResnetConfig, model: nn.Module) -> torch.optim.Optimizer:
+    # Weight decay on conv/linear weights only: decaying norm gains and biases only hurts.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose sgd, adam or adamw")
+
+
+def build_scheduler(config: ResnetConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """A per-step schedule: linear warm-up, then cosine to zero, steps of `gamma`, or constant."""
+    warmup = config.warmup_epochs * steps_per_epoch
+    total = max(config.epochs * steps_per_epoch, 1)
+    if config.schedule not in ("cosine", "step", "none"):
+        raise ValueError(f"unknown schedule {config.schedule!r}; choose cosine, step or none")
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "cosine":
+            progress_ = (step - warmup) / max(total - warmup, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(progress_, 1.0)))
+        if config.schedule == "step":
+            return config.gamma ** (step // (config.step_size * steps_per_epoch))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float
+    micro_f1: float
+    macro_f1: float
+    predictions: np.ndarray
+    labels: np.ndarray
+
+    def numbers(self) -> dict[str, float]:
+        return {"loss": self.loss, "accuracy": self.accuracy, "micro_f1": self.micro_f1, "macro_f1": self.macro_f1}
+
+
+def summarise(losses: list[float], predictions: list[np.ndarray], labels: list[np.ndarray], num_classes: int) -> Evaluation:
+    """Metrics over all ranks' predictions (each rank passes its own shard)."""
+    shard = (float(np.sum(losses)), np.concatenate(predictions) if predictions else np.zeros(0, int),
+             np.concatenate(labels) if labels else np.zeros(0, int))
+    if _distributed():
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, shard)
+    else:
+        gathered = [shard]
+    loss_sum = sum(g[0] for g in gathered)
+    pred = np.concatenate([g[1] for g in gathered])
+    true = np.concatenate([g[2] for g in gathered])
+    count = max(len(true), 1)
+    classes = list(range(num_classes))
+    return Evaluation(
+        loss=loss_sum / count,
+        accuracy=float((pred == true).mean()) if len(true) else 0.0,
+        micro_f1=float(f1_score(true, pred, labels=classes, average="micro", zero_division=0)),
+        macro_f1=float(f1_score(true, pred, labels=classes, average="macro", zero_division=0)),
+        predictions=pred,
+        labels=true,
+    )
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, num_classes: int, amp: bool, desc: str) -> Evaluation:
+    model.eval()
+    losses, predictions, labels = [], [], []
+    for images, targets in progress(loader, desc):
+        images, targets = _to_device(images, targets, device)
+        with _autocast(device, amp):
+            logits = model(images)
+        losses.append(F.cross_entropy(logits.float(), targets, reduction="sum").item())
+        predictions.append(logits.argmax(1).cpu().numpy())
+        labels.append(targets.cpu().numpy())
+    return summarise(losses, predictions, labels, num_classes)
+
+
+def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device):
+    images = images.to(device, non_blocking=True)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, targets.to(device, non_blocking=True)
+
+
+def train_epoch(model, loader, optimizer, scheduler, config: ResnetConfig, device, num_classes: int, epoch: int):
+    """One pass over train; returns its running metrics and the images per second it trained at."""
+    model.train()
+    losses, predictions, labels = [], [], []
+    seen, start = 0, time.perf_counter()
+    limit = config.max_steps_per_epoch or None
+    total = min(len(loader), limit) if limit else len(loader)
+    for step, (images, targets) in enumerate(progress(loader, f"epoch {epoch + 1} train", total=total)):
+        if limit and step >= limit:
+            break
+        images, targets = _to_device(images, targets, device)
+        with _autocast(device, config.amp):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), targets)
+        check_finite(loss, f"epoch {epoch + 1}, step {step + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        clamp_gates(model)  # BIN's rho must stay in [0, 1] after every step
+        scheduler.step()
+        losses.append(loss.item() * len(targets))
+        predictions.append(logits.argmax(1).detach().cpu().numpy())
+        labels.append(targets.cpu().numpy())
+        seen += len(targets)
+    elapsed = time.perf_counter() - start
+    return summarise(losses, predictions, labels, num_classes), seen / max(elapsed, 1e-9)
+
+
+def _rank() -> int:
+    return dist.get_rank() if _distributed() else int(os.environ.get("RANK", "0"))
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def init_distributed(config: ResnetConfig) -> torch.device:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); otherwise pick one device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _distributed():
+        use_cuda = torch.cuda.is_available() and config.device in ("auto", "cuda")
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        if use_cuda:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            return torch.device("cuda", local)
+        return torch.device("cpu")
+    return pick_device(config.device)
+
+
+def train(config: ResnetConfig, out: str | Path, force: bool = False) -> dict:
+    """Train (or resume, or skip when finished) one run in `out`; returns its metrics.json content."""
+    device = init_distributed(config)
+    seed_everything(config.seed)
+    run = RunDir(out, run_fields(config), force=force, rank=_rank())
+    if run.finished:
+        log.info("%s already finished; pass --force to train it again", out)
+        return run.final_metrics()
+
+    loaders = make_loaders(config)
+    num_classes = loaders.info.num_classes
+    model = build_model(config, num_classes).to(device)
+    if device.type == "cuda" and config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = nn.parallel.DistributedDataParallel(model) if _distributed() else model
+    optimizer = build_optimizer(config, model)
+    steps = min(len(loaders.train), config.max_steps_per_epoch or len(loaders.train))
+    scheduler = build_scheduler(config, optimizer, steps)
+    stopper = EarlyStopping(config.patience, mode="max")
+    objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "early_stopping": stopper}
+    start, extra = run.resume(objects)
+    rates = list(extra.get("images_per_second", []))
+    if start:
+        log.info("resuming %s at epoch %d", out, start + 1)
+
+    for epoch in range(start, config.epochs):
+        if stopper.should_stop:
+            break
+        loaders.set_epoch(epoch)
+        if loaders.train.generator is not None:  # the shuffle order depends on the epoch alone, so a
+            loaders.train.generator.manual_seed(config.seed + epoch)  # resumed run sees the same batches
+        trained, rate = train_epoch(net, loaders.train, optimizer, scheduler, config, device, num_classes, epoch)
+        rates.append(rate)
+        val = evaluate(net, loaders.val, device, num_classes, config.amp, f"epoch {epoch + 1} val")
+        improved = stopper.step(val.accuracy)
+        record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "images_per_second": rate}
+        record |= {f"train/{k}": v for k, v in trained.numbers().items()}
+        record |= {f"val/{k}": v for k, v in val.numbers().items()}
+        run.log_epoch(record)
+        run.save_checkpoint(epoch, objects, best=improved, extra={"images_per_second": rates})
+        log.info("epoch %d: train acc %.3f, val acc %.3f", epoch + 1, trained.accuracy, val.accuracy)
+
+    best = run.load_best({"model": model}) if run.writes else {"epoch": None}
+    if _distributed():  # every rank evaluates the best weights rank 0 loaded
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, 0)
+    final = {}
+    for split in ("train", "val", "test"):
+        final[split] = evaluate(net, getattr(loaders, split), device, num_classes, config.amp, f"final {split}").numbers()
+    history = run.history()
+    metrics = final | {
+        "best_epoch": best["epoch"],
+        "epochs_run": len(history),
+        "stopped_early": len(history) < config.epochs,
+        "images_per_second": float(np.median(rates)) if rates else None,
+        "data": loaders.info.to_dict(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    run.finish(metrics)
+    return metrics

