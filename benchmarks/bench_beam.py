@@ -7,9 +7,10 @@ random weights, hidden 256, target vocabulary of about 100 tokens, source length
 with random weights hypotheses rarely end early, so every search runs close to max_len,
 the worst case for beam search. Times are the best of a few repeats on this CPU.
 
-Each is timed twice: with ``models.DecoderState`` as it is (every back-pointer step copies
-the attention keys and memory of all B*k rows) and with a state that also offers
-``select_beams`` (see ``beam.py``), which leaves that per-example memory in place.
+Each is timed twice: with ``models.DecoderState`` as it is, whose ``select_beams`` (see
+``beam.py``) leaves the per-example attention keys and memory in place when following
+back-pointers, and with a wrapper that hides ``select_beams``, so that every step copies
+them for all B*k rows.
 
     .venv/bin/python benchmarks/bench_beam.py [--quick]
 """
@@ -20,6 +21,7 @@ import argparse
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -27,27 +29,21 @@ from col775.mathqa import programs
 from col775.mathqa.beam import beam_search, greedy_search
 from col775.mathqa.data import Batch, Vocab
 from col775.mathqa.grammar import ProgramGrammar
-from col775.mathqa.models import DecoderState, ModelConfig, Seq2Seq, build_model
+from col775.mathqa.models import ModelConfig, Seq2Seq, build_model
 
 
 @dataclass
-class SharedMemoryState:
-    """``models.DecoderState`` plus ``select_beams``: back-pointers gather only h, c and the
-    input feed, since the attention keys, memory and mask are the same for every beam of an example."""
+class GatherAllState:
+    """A decoder state without ``select_beams``: back-pointers copy the attention keys and memory too."""
 
-    inner: DecoderState
+    inner: Any
 
-    def index_select(self, idx: torch.Tensor) -> SharedMemoryState:
-        return SharedMemoryState(self.inner.index_select(idx))
-
-    def select_beams(self, idx: torch.Tensor) -> SharedMemoryState:
-        s = self.inner
-        return SharedMemoryState(DecoderState(s.h.index_select(0, idx), s.c.index_select(0, idx),
-                                              s.feed.index_select(0, idx), s.keys, s.values, s.mask))
+    def index_select(self, idx: torch.Tensor) -> GatherAllState:
+        return GatherAllState(self.inner.index_select(idx))
 
 
-class SharedMemoryModel:
-    """The same model, handing out ``SharedMemoryState``s (what models.py could adopt)."""
+class GatherAllModel:
+    """The same model, handing out ``GatherAllState``s (the baseline for ``select_beams``)."""
 
     def __init__(self, model: Seq2Seq) -> None:
         self.model, self.tgt_vocab = model, model.tgt_vocab
@@ -55,21 +51,26 @@ class SharedMemoryModel:
     def parameters(self) -> Iterator[torch.nn.Parameter]:
         return self.model.parameters()
 
-    def start(self, batch: Batch) -> SharedMemoryState:
-        return SharedMemoryState(self.model.start(batch))
+    def start(self, batch: Batch) -> GatherAllState:
+        return GatherAllState(self.model.start(batch))
 
-    def step(self, prev: torch.Tensor, state: SharedMemoryState) -> tuple[torch.Tensor, SharedMemoryState]:
+    def step(self, prev: torch.Tensor, state: GatherAllState) -> tuple[torch.Tensor, GatherAllState]:
         logits, inner = self.model.step(prev, state.inner)
-        return logits, SharedMemoryState(inner)
+        return logits, GatherAllState(inner)
 
 
-def best_time(run: Callable[[], object], repeats: int) -> float:
-    times = []
+def best_time(run: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Best wall-clock and best process CPU time (user + system, all threads) over ``repeats`` runs.
+
+    CPU time is the steadier of the two when other processes share the cores.
+    """
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         run()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return min(walls), min(cpus)
 
 
 def make_batch(batch_size: int, src_len: int, src_vocab_size: int, seed: int) -> Batch:
@@ -104,27 +105,27 @@ def main() -> None:
 
     with torch.inference_mode():
         same = [[h.tokens for h in hs] for hs in beam_search(model, batch, beam_size, max_len)] == [
-            [h.tokens for h in hs] for hs in beam_search(SharedMemoryModel(model), batch, beam_size, max_len)]
+            [h.tokens for h in hs] for hs in beam_search(GatherAllModel(model), batch, beam_size, max_len)]
     if not same:
         raise RuntimeError("select_beams changed the beam search result")
     print(f"attention LSTM (hidden 256), target vocab {len(tgt_vocab)}, source length {src_len}, "
           f"batch {batch_size}, beam {beam_size}, max_len {max_len}, torch threads {torch.get_num_threads()}")
-    for name, decoder in (("models.DecoderState as is", model), ("with select_beams", SharedMemoryModel(model))):
+    for name, decoder in (("models.Seq2Seq", model), ("same, state without select_beams", GatherAllModel(model))):
         with torch.inference_mode():
             greedy = best_time(lambda: greedy_search(decoder, batch, max_len), repeats)
             batched = best_time(lambda: beam_search(decoder, batch, beam_size, max_len), repeats)
             constrained = best_time(lambda: beam_search(decoder, batch, beam_size, max_len, grammar=grammar,
                                                         num_numbers=num_numbers), repeats)
             one_by_one = best_time(lambda: [beam_search(decoder, one, beam_size, max_len) for one in singles], 1)
-        print(f"\n[{name}]")
-        print(f"greedy, batched                 {greedy * 1e3:9.1f} ms")
-        print(f"beam, batched                   {batched * 1e3:9.1f} ms")
-        print(f"beam + grammar, batched         {constrained * 1e3:9.1f} ms")
-        print(f"beam, one example at a time     {one_by_one * 1e3:9.1f} ms")
-        print(f"speed-up of batching the beam   {one_by_one / batched:9.1f} x   (target >= 10x)")
-        print(f"beam time / greedy time         {batched / greedy:9.1f} x   (target <= 4x)")
-        print(f"grammar overhead on the beam    {constrained / batched:9.2f} x")
-
+        print(f"\n{'[' + name + ']':<36}{'wall ms':>9}{'CPU ms':>10}")
+        for label, (wall, cpu) in (("greedy, batched", greedy), ("beam, batched", batched),
+                                   ("beam + grammar, batched", constrained),
+                                   ("beam, one example at a time", one_by_one)):
+            print(f"{label:<36}{wall * 1e3:9.1f}{cpu * 1e3:10.1f}")
+        for label, (num, den), target in (("speed-up of batching the beam", (one_by_one, batched), ">= 10x"),
+                                          ("beam time / greedy time", (batched, greedy), "<= 4x"),
+                                          ("grammar cost on the beam", (constrained, batched), "")):
+            print(f"{label:<36}{num[0] / den[0]:8.2f}x{num[1] / den[1]:9.2f}x  {target and '(target ' + target + ')'}")
 
 if __name__ == "__main__":
     main()

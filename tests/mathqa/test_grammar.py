@@ -72,8 +72,8 @@ def test_every_gold_dev_program_is_accepted_token_by_token() -> None:
     for position in range(width):
         allowed = grammar.allowed(state).gather(1, ids[:, position : position + 1]).squeeze(1)
         live = position < lengths
-        refused = (live & ~allowed).nonzero().squeeze(1).tolist()
-        assert not refused, f"position {position}: gold token refused for {[records[i]['linear_formula'] for i in refused[:3]]}"
+        refused = [records[i]["linear_formula"] for i in (live & ~allowed).nonzero().squeeze(1).tolist()]
+        assert not refused, f"position {position}: gold token refused in {refused[:3]}"
         state = grammar.advance(state, ids[:, position])
 
 

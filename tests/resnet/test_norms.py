@@ -269,3 +269,46 @@ def test_batch_statistics_need_two_values(kind: str) -> None:
         layer(torch.randn(1, 4, 1, 1))
     layer.eval()
     assert layer(torch.randn(1, 4, 1, 1)).shape == (1, 4, 1, 1)
+
+
+@pytest.mark.parametrize("kind", ["bn", "in", "bin", "ln", "gn"])
+def test_channels_last_input_gives_the_same_result(kind: str) -> None:
+    """Training on channels_last memory (as on GPU) matches the NCHW result and keeps the format."""
+    torch.manual_seed(4)
+    options = {"rho_init": 0.3} if kind == "bin" else {}
+    nchw, channels_last = make_norm(kind, C, **options), make_norm(kind, C, **options)
+    with torch.no_grad():
+        for layer in (nchw, channels_last):
+            layer.weight.copy_(torch.linspace(-1.0, 2.0, C))
+    x = torch.randn(3, C, 5, 4, dtype=torch.float64) + 1.0
+    grad = torch.randn_like(x)
+    nchw.double()
+    channels_last.double()
+    results = []
+    for layer, fmt in ((nchw, torch.contiguous_format), (channels_last, torch.channels_last)):
+        results.append(step(layer, x.contiguous(memory_format=fmt), grad))
+        assert results[-1][0].is_contiguous(memory_format=fmt)
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want)
+    if kind == "bin":
+        torch.testing.assert_close(channels_last.rho.grad, nchw.rho.grad)
+    if kind in ("bn", "bin"):
+        torch.testing.assert_close(channels_last.running_var, nchw.running_var)
+        for layer in (nchw, channels_last):
+            layer.eval()
+        torch.testing.assert_close(
+            channels_last(x.contiguous(memory_format=torch.channels_last)), nchw(x)
+        )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast is used on CUDA only")
+@pytest.mark.parametrize("kind", ["bn", "in", "bin", "ln", "gn"])
+def test_cuda_bf16_autocast_computes_in_float32(kind: str) -> None:
+    torch.manual_seed(5)
+    layer = make_norm(kind, C).cuda()
+    x = (torch.randn(4, C, 16, 16, device="cuda") + 3.0).to(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = layer(x.to(torch.bfloat16))
+    assert y.dtype == torch.float32
+    want = make_norm(kind, C).cuda()(x.to(torch.bfloat16).float())
+    torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -82,6 +81,16 @@ class DecoderState:
             f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).index_select(0, index))
             for f in dataclasses.fields(self)
         })
+
+    def select_beams(self, index: torch.Tensor) -> DecoderState:
+        """``index_select`` for rows that stay within their example's block of beams.
+
+        The source fields (keys, values, mask) are the same for every beam of an example,
+        so beam back-pointers need not copy them: only h, c and feed are gathered.
+        """
+        return DecoderState(self.h.index_select(0, index), self.c.index_select(0, index),
+                            None if self.feed is None else self.feed.index_select(0, index),
+                            self.keys, self.values, self.mask)
 
 
 # ---------------------------------------------------------------- encoders

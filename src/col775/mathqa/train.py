@@ -1,0 +1,302 @@
+"""Train and evaluate one MathQA seq2seq run (assignment 1, part 2.3).
+
+One epoch = a pass over train with teacher forcing ``p`` (Adam, warm-up then cosine
+decay, gradient clipping), then dev: its loss with full teacher forcing, and its scores
+under greedy decoding (cheap) for early stopping on execution accuracy. Both go to
+metrics.jsonl, a checkpoint follows every epoch, and a killed run resumes from it. At the
+end the best checkpoint decodes dev (and test, when the data has one) with beam search
+(``beam_size``, 10 in the course) and the predictions are written in the course's
+submission format (``predictions/<split>.json``: the records plus ``"predicted"``).
+Scores are percentages from ``score.score_records``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from col775.core.config import to_dict
+from col775.core.runs import RunDir
+from col775.core.training import EarlyStopping, check_finite, pick_device, progress, seed_everything
+from col775.mathqa import data, synthetic
+from col775.mathqa.data import MAX_NUMBERS
+from col775.mathqa.beam import beam_search, greedy_search
+from col775.mathqa.grammar import ProgramGrammar
+from col775.mathqa.models import ModelConfig, Seq2Seq, build_model, load_tokenizer
+from col775.mathqa.programs import extract_numbers, tokens_to_program
+from col775.mathqa.score import score_records
+
+log = logging.getLogger(__name__)
+SCORES = ("exact_match", "execution_accuracy", "token_accuracy")
+
+
+@dataclass
+class MathqaConfig:
+    # data
+    data: str | None = None  # folder with train.json, dev.json (test.json optional); None = generated problems
+    synthetic_train: int = 4000
+    synthetic_dev: int = 500
+    synthetic_test: int = 500
+    cache_dir: str | None = None  # where generated data goes; default ~/.cache/col775
+    src_min_freq: int = 1
+    max_numbers: int = MAX_NUMBERS
+    # model (see models.ModelConfig)
+    model: str = "lstm_attn"  # lstm | lstm_attn | bert_frozen | bert_finetune
+    hidden_size: int = 256
+    num_layers: int = 1
+    dropout: float = 0.3
+    target_embedding_dim: int = 128
+    glove: str = "package"  # "package" (GloVe 6B 50d), a glove.*.txt path, or "random"
+    embedding_dim: int = 50  # only with glove: random
+    freeze_embeddings: bool = False
+    encoder_path: str = ""  # a local transformers model folder; "" = the packaged MiniLM
+    # optimisation
+    epochs: int = 30
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    lr: float = 1e-3
+    encoder_lr: float = 2e-5  # the fine-tuned transformer's own learning rate
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    schedule: str = "cosine"  # cosine | none (after the linear warm-up)
+    grad_clip: float = 1.0  # 0 turns clipping off
+    teacher_forcing: float = 0.6
+    patience: int = 5  # early stopping on dev execution accuracy; 0 turns it off
+    max_steps_per_epoch: int = 0  # 0 uses every batch
+    # decoding
+    max_decode_len: int = 80  # tokens, <eos> included
+    beam_size: int = 10
+    length_penalty: float = 1.0
+    grammar: bool = False  # restrict decoding to well-formed programs (grammar.py)
+    # machinery
+    seed: int = 0
+    device: str = "auto"
+
+
+def model_config(config: MathqaConfig) -> ModelConfig:
+    """The architecture part of a run's settings."""
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in dataclasses.asdict(config).items() if k in names})
+
+
+def data_dir(config: MathqaConfig) -> Path:
+    """The user's data folder, or the generated problems (written once, then reused)."""
+    if config.data:
+        return Path(config.data).expanduser()
+    root = Path(config.cache_dir or "~/.cache/col775").expanduser() / "mathqa-synthetic"
+    folder = root / f"{config.synthetic_train}-{config.synthetic_dev}-{config.synthetic_test}-seed{config.seed}"
+    if not (folder / "test.json").is_file():
+        synthetic.write_synthetic(folder, config.synthetic_train, config.synthetic_dev, config.synthetic_test,
+                                  config.seed)
+    return folder
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs besides the model weights: vocabularies, examples, tokenizer."""
+
+    src_vocab: data.Vocab
+    tgt_vocab: data.Vocab
+    splits: dict[str, list[data.Example]]
+    wordpiece_pad_id: int
+
+
+def prepare(config: MathqaConfig, vocab_dir: Path | None = None) -> Prepared:
+    """Load the data, build (or reload from ``vocab_dir``) the vocabularies, encode every split."""
+    records = data.load_mathqa(data_dir(config))
+    saved = vocab_dir is not None and (vocab_dir / "tgt_vocab.json").is_file()
+    if saved:
+        src_vocab = data.Vocab.load(vocab_dir / "src_vocab.json")
+        tgt_vocab = data.Vocab.load(vocab_dir / "tgt_vocab.json")
+    else:
+        src_vocab, tgt_vocab = data.build_vocabs(records["train"], config.src_min_freq, config.max_numbers)
+        if vocab_dir is not None:
+            src_vocab.save(vocab_dir / "src_vocab.json")
+            tgt_vocab.save(vocab_dir / "tgt_vocab.json")
+    tokenizer = load_tokenizer(config.encoder_path or None) if config.model.startswith("bert") else None
+    splits = {name: data.encode_records(rows, src_vocab, tgt_vocab, tokenizer, config.max_numbers)
+              for name, rows in records.items()}
+    pad = tokenizer.pad_token_id if tokenizer is not None else 0
+    return Prepared(src_vocab, tgt_vocab, splits, pad)
+
+
+def build_scheduler(config: MathqaConfig, optimizer: torch.optim.Optimizer, total_steps: int):
+    """Per-step factor: linear warm-up over ``warmup_steps``, then cosine to zero (or constant)."""
+    if config.schedule not in ("cosine", "none"):
+        raise ValueError(f"unknown schedule {config.schedule!r}; choose cosine or none")
+    warmup = max(config.warmup_steps, 0)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "none":
+            return 1.0
+        done = (step - warmup) / max(total_steps - warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def sequence_loss(logits: torch.Tensor, batch: data.Batch, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of logits [B, T-1, V] against ``batch.tgt[:, 1:]``, padding ignored."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.tgt[:, 1:].reshape(-1),
+                           ignore_index=0, reduction=reduction)
+
+
+def train_epoch(model: Seq2Seq, loader, optimizer, scheduler, config: MathqaConfig, device: torch.device,
+                epoch: int) -> float:
+    """One pass over train; the mean loss per target token."""
+    model.train()
+    total, tokens = 0.0, 0
+    limit = config.max_steps_per_epoch or len(loader)
+    for step, batch in enumerate(progress(loader, f"epoch {epoch + 1} train", total=min(limit, len(loader)))):
+        if step >= limit:
+            break
+        batch = batch.to(device)
+        loss = sequence_loss(model(batch, config.teacher_forcing), batch)
+        check_finite(loss, f"epoch {epoch + 1}, step {step + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        count = int((batch.tgt[:, 1:] != 0).sum())
+        total += loss.item() * count
+        tokens += count
+    return total / max(tokens, 1)
+
+
+@torch.no_grad()
+def dev_loss(model: Seq2Seq, loader, device: torch.device) -> float:
+    """Mean loss per target token with full teacher forcing (comparable with the train loss at p = 1)."""
+    model.eval()
+    total, tokens = 0.0, 0
+    for batch in loader:
+        batch = batch.to(device)
+        total += sequence_loss(model(batch, 1.0), batch, reduction="sum").item()
+        tokens += int((batch.tgt[:, 1:] != 0).sum())
+    return total / max(tokens, 1)
+
+
+@torch.no_grad()
+def predict(model: Seq2Seq, loader, device: torch.device, beam_size: int, max_len: int,
+            length_penalty: float = 1.0, grammar: bool = False, desc: str = "decode") -> tuple[list[dict], list[str]]:
+    """Records and predicted programs of every example in ``loader`` (greedy when beam_size is 1)."""
+    model.eval()
+    vocab = model.tgt_vocab
+    constraint = ProgramGrammar(vocab.itos, vocab.eos_id, vocab.pad_id, vocab.bos_id) if grammar else None
+    records, predicted = [], []
+    for batch in progress(loader, desc):
+        batch = batch.to(device)
+        num_numbers = torch.tensor([len(extract_numbers(r["Problem"])) for r in batch.records]) if grammar else None
+        if beam_size == 1:
+            outputs = greedy_search(model, batch, max_len, constraint, num_numbers)
+        else:
+            hypotheses = beam_search(model, batch, beam_size, max_len, length_penalty, constraint, num_numbers)
+            outputs = [found[0].tokens if found else [] for found in hypotheses]
+        records.extend(batch.records)
+        predicted.extend(tokens_to_program(vocab.decode(ids)) for ids in outputs)
+    return records, predicted
+
+
+def scores(records: list[dict], predicted: list[str]) -> dict[str, float]:
+    """Exact match, execution and token accuracy (percentages) of predictions."""
+    summary, _ = score_records([{**r, "predicted": p} for r, p in zip(records, predicted)])
+    return {name: summary[name] for name in SCORES}
+
+
+def make_model(config: MathqaConfig, prepared: Prepared, device: torch.device) -> Seq2Seq:
+    return build_model(config.model, prepared.src_vocab, prepared.tgt_vocab, model_config(config)).to(device)
+
+
+def train_model(config: MathqaConfig, out_dir: str | Path, force: bool = False) -> dict[str, Any]:
+    """Train (or resume, or skip when finished) one run in ``out_dir``; returns its metrics.json content."""
+    seed_everything(config.seed)
+    device = pick_device(config.device)
+    run = RunDir(out_dir, to_dict(config), force=force)
+    if run.finished:
+        log.info("%s already finished; pass --force to train it again", out_dir)
+        return run.final_metrics()
+    prepared = prepare(config, run.path)
+    model = make_model(config, prepared, device)
+    train_loader = data.make_loader(prepared.splits["train"], config.batch_size, shuffle=True, seed=config.seed,
+                                    wordpiece_pad_id=prepared.wordpiece_pad_id)
+    loaders = {name: data.make_loader(examples, config.eval_batch_size, shuffle=False,
+                                      wordpiece_pad_id=prepared.wordpiece_pad_id)
+               for name, examples in prepared.splits.items() if name != "train"}
+    optimizer = torch.optim.Adam(model.param_groups(config.lr, config.encoder_lr), weight_decay=config.weight_decay)
+    steps_per_epoch = min(len(train_loader), config.max_steps_per_epoch or len(train_loader))
+    scheduler = build_scheduler(config, optimizer, config.epochs * steps_per_epoch)
+    stopper = EarlyStopping(config.patience, mode="max")
+    objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "early_stopping": stopper}
+    start, _ = run.resume(objects)
+
+    for epoch in range(start, config.epochs):
+        if stopper.should_stop:
+            break
+        began = time.perf_counter()
+        train_loader.batch_sampler.set_epoch(epoch)
+        train_loss = train_epoch(model, train_loader, optimizer, scheduler, config, device, epoch)
+        dev = scores(*predict(model, loaders["dev"], device, 1, config.max_decode_len, grammar=config.grammar,
+                              desc=f"epoch {epoch + 1} dev"))
+        improved = stopper.step(dev["execution_accuracy"])
+        record = {"epoch": epoch, "train/loss": train_loss, "dev/loss": dev_loss(model, loaders["dev"], device)}
+        record |= {f"dev/{name}": value for name, value in dev.items()}
+        record |= {"lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - began}
+        run.log_epoch(record)
+        run.save_checkpoint(epoch, objects, best=improved)
+        log.info("epoch %d: train loss %.3f, dev execution accuracy %.1f", epoch + 1, train_loss,
+                 dev["execution_accuracy"])
+
+    best = run.load_best({"model": model})
+    metrics: dict[str, Any] = {}
+    for split, loader in loaders.items():
+        records, predicted = predict(model, loader, device, config.beam_size, config.max_decode_len,
+                                     config.length_penalty, config.grammar, desc=f"final {split}")
+        data.write_predictions(run.path / "predictions" / f"{split}.json", records, predicted)
+        metrics[split] = scores(records, predicted)
+    history = run.history()
+    metrics |= {"best_epoch": best["epoch"], "epochs_run": len(history), "beam_size": config.beam_size,
+                "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    run.finish(metrics)
+    return metrics
+
+
+def load_trained(out_dir: str | Path, device: str = "auto") -> tuple[Seq2Seq, MathqaConfig, Prepared]:
+    """The best model of a finished or partial run folder, with its config and encoded data."""
+    import yaml
+
+    from col775.core.config import from_dict
+
+    out_dir = Path(out_dir)
+    if not (out_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{out_dir} is not a MathQA run folder (no config.yaml); train it first")
+    config = from_dict(MathqaConfig, yaml.safe_load((out_dir / "config.yaml").read_text()), str(out_dir))
+    prepared = prepare(config, out_dir)
+    model = make_model(config, prepared, pick_device(device))
+    RunDir(out_dir, to_dict(config)).load_best({"model": model})
+    return model, config, prepared
+
+
+def decode_run(out_dir: str | Path, split: str, beam_size: int, device: str = "auto") -> dict[str, float]:
+    """Decode ``split`` with another beam size from a trained run (the beam-size study); writes
+    ``predictions/<split>_beam<k>.json`` and returns its scores."""
+    model, config, prepared = load_trained(out_dir, device)
+    if split not in prepared.splits:
+        raise ValueError(f"the run's data has no {split!r} split (it has {sorted(prepared.splits)})")
+    loader = data.make_loader(prepared.splits[split], config.eval_batch_size, shuffle=False,
+                              wordpiece_pad_id=prepared.wordpiece_pad_id)
+    records, predicted = predict(model, loader, next(model.parameters()).device, beam_size, config.max_decode_len,
+                                 config.length_penalty, config.grammar, desc=f"{split} beam {beam_size}")
+    data.write_predictions(Path(out_dir) / "predictions" / f"{split}_beam{beam_size}.json", records, predicted)
+    return scores(records, predicted)

