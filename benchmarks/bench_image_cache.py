@@ -73,7 +73,9 @@ def images_per_second(loader: DataLoader, epochs: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--quick", action="store_true", help="40 train images per class, 1 epoch")
     parser.add_argument(
@@ -86,7 +88,7 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for both pipelines")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, both pipelines")
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
     if not (args.data / "train").is_dir():
@@ -109,9 +111,9 @@ def main() -> int:
         modes = ["none", "batch", "sample"] if args.augment == "all" else [args.augment]
         rates = {mode: measure(mode, cache, files, labels, args, epochs) for mode in modes}
 
-    print(f"data: {split} ({len(files)} images at {args.image_size}px), {args.output} batches of {args.batch_size}, "
-          f"{args.workers} workers, {epochs} epoch(s) after a warm-up pass, torch threads "
-          f"{torch.get_num_threads()}")
+    print(f"data: {split} ({len(files)} images at {args.image_size}px), "
+          f"{args.output} batches of {args.batch_size}, {args.workers} workers, "
+          f"{epochs} epoch(s) after a warm-up pass, torch threads {torch.get_num_threads()}")
     print(f"cache build, once: {build_s:.1f} s ({len(files) / build_s:,.0f} img/s)")
     print(f"{'augment':>8} {'decode every epoch':>20} {'uint8 cache':>14} {'speed-up':>9}")
     for mode, (decode, cached) in rates.items():

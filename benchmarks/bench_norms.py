@@ -7,7 +7,9 @@
    `torch_bn` (target: at most 1.2x).
 
 Ours and the baseline run alternately and the median is reported, so that load from other
-processes affects both. Run: .venv/bin/python benchmarks/bench_norms.py [--quick]
+processes affects both. `--quick` is a smoke run on small tensors, where the fixed cost of
+our ~30 small tensor ops per call outweighs the data passes, so its ratios say little.
+Run: .venv/bin/python benchmarks/bench_norms.py [--quick]
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ def torch_baseline(kind: str, num_channels: int) -> nn.Module:
     }[kind]()
 
 
-def paired_medians(ours: Callable[[], None], base: Callable[[], None], repeats: int) -> tuple[float, float]:
+def paired_medians(
+    ours: Callable[[], None], base: Callable[[], None], repeats: int
+) -> tuple[float, float]:
     """Median seconds of `ours` and `base`, run alternately after one warm-up call each."""
     ours()
     base()

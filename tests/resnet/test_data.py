@@ -166,7 +166,8 @@ def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
     with Image.open(path) as reopened:
         assert reopened.mode.startswith("I")
     eight_bit = np.round(wide / 257.0).astype(np.uint8)
-    expected = np.asarray(Image.fromarray(eight_bit).convert("RGB").resize((24, 24), Image.BILINEAR))
+    expected_image = Image.fromarray(eight_bit).convert("RGB").resize((24, 24), Image.BILINEAR)
+    expected = np.asarray(expected_image)
     np.testing.assert_array_equal(load_image(path, 24), expected)
 
 
@@ -174,9 +175,9 @@ def test_corrupt_files_are_skipped_and_named(tree, tmp_path, caplog):
     garbage = tree / "train" / "Alpha" / "garbage.jpg"
     garbage.write_bytes(b"this is not a jpeg")
     truncated = tree / "train" / "Beta" / "truncated.jpg"
-    _noise_image(np.random.default_rng(3), size=(64, 64)).save(truncated.with_suffix(".tmp"), "JPEG")
-    truncated.write_bytes(truncated.with_suffix(".tmp").read_bytes()[:300])
-    truncated.with_suffix(".tmp").unlink()
+    whole = tmp_path / "whole.jpg"
+    _noise_image(np.random.default_rng(3), size=(64, 64)).save(whole)
+    truncated.write_bytes(whole.read_bytes()[:300])
 
     kwargs = dict(image_size=SIZE, cache_dir=tmp_path / "cache", progress=False, test_fraction=0.3)
     with caplog.at_level(logging.WARNING, logger="col775.resnet.data"):
@@ -238,6 +239,10 @@ def test_missing_and_empty_folders_are_explained(tmp_path):
     (root / "val" / "B" / "notes.txt").write_text("not an image")
     with pytest.raises(FileNotFoundError, match=r"no images in .*val.A"):
         build_loaders(root, image_size=8, cache_dir=tmp_path / "cache", progress=False)
+    with pytest.raises(ValueError, match="augment"):
+        build_loaders(root, augment="random", cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match="test_fraction"):
+        build_loaders(root, test_fraction=1.5, cache_dir=tmp_path / "cache")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_loaders(tmp_path / "nowhere", cache_dir=tmp_path / "cache")
     (tmp_path / "bare" / "train").mkdir(parents=True)
@@ -271,7 +276,9 @@ def test_loaders_yield_every_image_as_normalised_float(tree, tmp_path, augment):
 
 def test_normalize_matches_torchvision(tree):
     images = torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8)
-    reference = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(data.MEAN, data.STD)])
+    reference = v2.Compose(
+        [v2.ToDtype(torch.float32, scale=True), v2.Normalize(data.MEAN, data.STD)]
+    )
     torch.testing.assert_close(normalize(images), reference(images))
 
 
@@ -307,7 +314,8 @@ def test_worker_processes_reopen_the_memmap(tree, tmp_path):
 def test_distributed_sampler_when_process_group_is_up(tree, tmp_path):
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    store = f"file://{tmp_path / 'store'}"
+    dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
     try:
         loaders = build_loaders(
             tree, image_size=SIZE, test_fraction=0.3, cache_dir=tmp_path / "c", progress=False
@@ -328,3 +336,13 @@ def test_uint8_batches_normalise_like_float_batches(tree, tmp_path):
         assert images.dtype == torch.uint8 and floats.is_contiguous()
         torch.testing.assert_close(normalize(images), floats)
         torch.testing.assert_close(labels, same_labels)
+
+
+def test_loader_datasets_index_to_what_their_batches_hold(tree, tmp_path):
+    kwargs = dict(image_size=SIZE, test_fraction=0.3, cache_dir=tmp_path / "c", progress=False)
+    ready = build_loaders(tree, **kwargs)
+    image, label = ready.val.dataset[2]  # e.g. Grad-CAM reads single validation images
+    assert image.dtype == torch.float32 and image.shape == (3, SIZE, SIZE)
+    torch.testing.assert_close(image, next(iter(ready.val))[0][2])
+    raw = build_loaders(tree, as_float=False, **kwargs)
+    assert raw.val.dataset[2][0].dtype == torch.uint8

@@ -105,7 +105,9 @@ def test_batch_instance_norm_matches_mix_of_pytorch_norms(training: bool) -> Non
         ours.rho.copy_(torch.rand(C, dtype=dtype))
         ours.weight.normal_()
         ours.bias.normal_()
-    rho, weight, bias = (p.detach().clone().requires_grad_() for p in (ours.rho, ours.weight, ours.bias))
+    rho, weight, bias = (
+        p.detach().clone().requires_grad_() for p in (ours.rho, ours.weight, ours.bias)
+    )
     running_mean = torch.zeros(C, dtype=dtype)
     running_var = torch.ones(C, dtype=dtype)
     if not training:  # fill the running statistics with a few training batches first

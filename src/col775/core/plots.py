@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # reports are written on headless machines
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -26,6 +27,8 @@ def line_plot(
     for label, (xs, ys) in series.items():
         ax.plot(list(xs), list(ys), label=label, marker="o" if len(xs) < 15 else None, markersize=3)
     ax.set_title(title)
+    if xlabel in ("epoch", "step"):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -38,14 +41,17 @@ def line_plot(
 
 
 def image_grid(
-    images: Sequence[np.ndarray],
+    images: Sequence[np.ndarray | None],
     path: str | Path,
     titles: Sequence[str] | None = None,
     ncols: int = 8,
     title: str | None = None,
     cell_inches: float = 1.6,
 ) -> Path:
-    """Images (HxWx3 uint8, or HxW shown with a colour map) in a grid with optional captions."""
+    """Images (HxWx3 uint8, or HxW shown with a colour map) in a grid with optional captions.
+
+    A None entry leaves its cell blank, so rows can be aligned (e.g. one row per kind).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     count = max(len(images), 1)
@@ -54,7 +60,7 @@ def image_grid(
     fig, axes = plt.subplots(nrows, ncols, figsize=(cell_inches * ncols, cell_inches * nrows + 0.4), squeeze=False)
     for index, ax in enumerate(axes.flat):
         ax.axis("off")
-        if index < len(images):
+        if index < len(images) and images[index] is not None:
             image = images[index]
             ax.imshow(image, cmap="viridis" if image.ndim == 2 else None, interpolation="nearest")
             if titles is not None:

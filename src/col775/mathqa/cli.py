@@ -13,7 +13,10 @@ import json
 from functools import partial
 from pathlib import Path
 
+from col775.core.config import add_config_args, config_from_args
+from col775.mathqa.models import KINDS
 from col775.mathqa.score import SubmissionError, load_submission, score_records, write_verdicts
+from col775.mathqa.train import MathqaConfig, train_model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,4 +54,59 @@ def _run_score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
-_COMMANDS = (_add_score,)
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """``--preset`` and one flag per MathqaConfig field; ``--model`` with the four kinds as choices."""
+    parser.add_argument("--model", choices=KINDS, default=None,
+                        help="model kind (overrides the preset): GloVe BiLSTM-LSTM, the same with attention, "
+                             "frozen or fine-tuned BERT encoder with an attention LSTM decoder")
+    add_config_args(parser, MathqaConfig, skip=("model",))
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="train and evaluate one seq2seq model",
+        description="Train one model (resuming its run folder if it stopped), decode dev and test with beam "
+                    "search, write OUT/metrics.json and the predictions in the course's submission format "
+                    "(OUT/predictions/<split>.json), and print the scores. Without --data it runs on "
+                    "generated problems.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--out", default="runs/mathqa", help="run folder (the same folder resumes)")
+    parser.add_argument("--force", action="store_true", help="train again even if the run finished")
+    _add_config_flags(parser)
+    parser.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    config = config_from_args(MathqaConfig, args, "mathqa")
+    metrics = train_model(config, args.out, force=args.force)
+    print(json.dumps({split: metrics[split] for split in ("dev", "test") if split in metrics}, indent=2))
+    return 0
+
+
+def _add_study(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "study",
+        help="the four models, teacher forcing, beam size, grammar decoding, and a report",
+        description="Every run of assignment 1 part 2.3 (each a resumable run folder under OUT), the "
+                    "beam-size and grammar-constrained decodings, and OUT/report.md + OUT/report.html. "
+                    "The flags set every run's settings; --model is chosen by the study.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--out", default="runs/mathqa-study", help="folder of the study's runs and report")
+    parser.add_argument("--force", action="store_true", help="train every run again")
+    add_config_args(parser, MathqaConfig, skip=("model",))
+    parser.set_defaults(handler=_run_study)
+
+
+def _run_study(args: argparse.Namespace) -> int:
+    from col775.mathqa.study import run_study
+
+    config = config_from_args(MathqaConfig, args, "mathqa")
+    run_study(config, args.out, force=args.force)
+    print(f"report: {Path(args.out) / 'report.html'} and {Path(args.out) / 'report.md'}")
+    return 0
+
+
+_COMMANDS = (_add_score, _add_train, _add_study)

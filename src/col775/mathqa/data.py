@@ -107,13 +107,13 @@ def number_spans(problem: str) -> list[tuple[int, int]]:
     """
     removed = {
         index
-        for match in programs._THOUSANDS.finditer(problem)
+        for match in programs.THOUSANDS_PATTERN.finditer(problem)
         for index in range(match.start(), match.end())
         if problem[index] == ","
     }
     kept = [index for index in range(len(problem)) if index not in removed]  # text index -> problem index
     text = "".join(problem[index] for index in kept)
-    return [(kept[m.start()], kept[m.end() - 1] + 1) for m in programs._NUMBER.finditer(text)]
+    return [(kept[m.start()], kept[m.end() - 1] + 1) for m in programs.NUMBER_PATTERN.finditer(text)]
 
 
 def placeholder(k: int) -> str:

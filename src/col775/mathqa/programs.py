@@ -53,8 +53,8 @@ class ProgramError(ValueError):
 
 # ---------------------------------------------------------------- numbers in the problem
 
-_THOUSANDS = re.compile(r"\b\d{1,3}(?:,\d{3})+\b")
-_NUMBER = re.compile(r"[-+]?\d*\.\d+|\d+")
+THOUSANDS_PATTERN = re.compile(r"\b\d{1,3}(?:,\d{3})+\b")
+NUMBER_PATTERN = re.compile(r"[-+]?\d*\.\d+|\d+")
 
 
 def extract_numbers(problem: str) -> list[float]:
@@ -66,8 +66,8 @@ def extract_numbers(problem: str) -> list[float]:
     a sign is read only on a decimal, so ``-2.5`` gives -2.5 but ``-2`` gives 2;
     ``.5`` gives 0.5.
     """
-    text = _THOUSANDS.sub(lambda m: m.group().replace(",", ""), problem)
-    return [float(match) for match in _NUMBER.findall(text)]
+    text = THOUSANDS_PATTERN.sub(lambda m: m.group().replace(",", ""), problem)
+    return [float(match) for match in NUMBER_PATTERN.findall(text)]
 
 
 # ---------------------------------------------------------------- constants

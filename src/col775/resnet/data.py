@@ -26,7 +26,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -127,7 +128,9 @@ def _decode_or_none(path: str, image_size: int) -> np.ndarray | str:
 def _class_folders(split_dir: Path) -> list[str]:
     if not split_dir.is_dir():
         raise FileNotFoundError(f"missing folder {split_dir}; {LAYOUT_HELP}")
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted(
+        p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
     if not classes:
         raise FileNotFoundError(f"no class folders in {split_dir}; {LAYOUT_HELP}")
     return classes
@@ -274,7 +277,9 @@ def _remove_stale(current: Path, source: str) -> None:
             shutil.rmtree(other, ignore_errors=True)
 
 
-def _decode_all(paths: list[str], image_size: int, workers: int, progress: bool, desc: str):
+def _decode_all(
+    paths: list[str], image_size: int, workers: int, progress: bool, desc: str
+) -> Iterator[np.ndarray | str]:
     """Yield, in order, each file's pixels or error text, decoding in ``workers`` processes."""
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress)
     try:
@@ -283,8 +288,6 @@ def _decode_all(paths: list[str], image_size: int, workers: int, progress: bool,
                 yield _decode_or_none(path, image_size)
                 bar.update()
             return
-        from concurrent.futures import ProcessPoolExecutor
-
         with ProcessPoolExecutor(workers) as pool:
             sizes = [image_size] * len(paths)
             for result in pool.map(_decode_or_none, paths, sizes, chunksize=16):
@@ -325,8 +328,8 @@ def load_split(
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 images (..., 3, H, W) -> contiguous float32, scaled to [0, 1] and standardised.
 
-    Equal to ``(images / 255 - MEAN) / STD`` per channel, done as one converting copy and one
-    in-place multiply-add, whatever the input's memory layout.
+    Equal to ``(images / 255 - MEAN) / STD`` per channel, done as one converting copy and an
+    in-place scale and shift, whatever the input's memory layout.
     """
     std = torch.tensor(STD, device=images.device).view(3, 1, 1)
     mean = torch.tensor(MEAN, device=images.device).view(3, 1, 1)
@@ -409,13 +412,13 @@ class CachedImageDataset(Dataset):
 
 
 class BatchCollate:
-    """DataLoader collate_fn: uint8 (3, H, W) samples -> (images (B, 3, H, W), labels (B,)).
+    """DataLoader collate_fn: (3, H, W) samples -> (images (B, 3, H, W), labels (B,)).
 
-    ``transform``, when given, augments the uint8 batch as a whole (one draw per batch).
-    With ``as_float`` the images come out normalised float32 (see :func:`normalize`); without,
-    they stay uint8 (a quarter of the bytes to pass between processes and to the GPU) and the
-    caller normalises them on the device. Samples are stacked channels-last, which for views of
-    the cache is a plain memory copy, so uint8 batches have channels-last strides.
+    uint8 samples are stacked channels-last (for views of the cache a plain memory copy, so
+    uint8 batches have channels-last strides), augmented as a whole by ``transform`` when given
+    (one draw per batch), and normalised when ``as_float``; without it they stay uint8 (a
+    quarter of the bytes to pass between processes and to the GPU) and the caller normalises
+    them on the device. Float samples, already normalised, are just stacked.
     """
 
     def __init__(
@@ -424,12 +427,16 @@ class BatchCollate:
         self.transform = transform
         self.as_float = as_float
 
-    def __call__(self, samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, samples: list[tuple[torch.Tensor, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+        if samples[0][0].is_floating_point():
+            return torch.stack([image for image, _ in samples]), labels
         stacked = torch.stack([image.permute(1, 2, 0) for image, _ in samples])  # (B, H, W, 3)
         images = stacked.permute(0, 3, 1, 2)  # (B, 3, H, W) view
         if self.transform is not None:
             images = self.transform(images)
-        labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
         return (normalize(images) if self.as_float else images), labels
 
 
@@ -500,6 +507,10 @@ def build_loaders(
     test split. Under torch.distributed every split gets a DistributedSampler (call
     :meth:`Loaders.set_epoch` each epoch) and rank 0 builds the caches while the others wait.
     """
+    if augment not in ("sample", "batch", "none"):
+        raise ValueError(f"augment must be 'sample', 'batch' or 'none', got {augment!r}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist; {LAYOUT_HELP}")
@@ -521,6 +532,7 @@ def build_loaders(
         dist.barrier()
 
     augmentation = train_transform(image_size, crop_scale) if augment != "none" else None
+    per_batch = augment == "batch"
     train_cache = caches["train"]
     if has_test:
         train_rows, test_cache, test_rows = None, caches["test"], None
@@ -528,10 +540,12 @@ def build_loaders(
         train_rows, test_rows = _carve_test(train_cache.labels, test_fraction, seed, root / "train")
         test_cache = train_cache
     per_sample = augmentation if augment == "sample" else None
-    datasets = {  # uint8 samples; BatchCollate normalises each batch at once
-        "train": CachedImageDataset(train_cache, train_rows, per_sample, as_float=False),
-        "val": CachedImageDataset(caches["val"], as_float=False),
-        "test": CachedImageDataset(test_cache, test_rows, as_float=False),
+    datasets = {  # batch augmentation needs uint8 samples; BatchCollate then normalises
+        "train": CachedImageDataset(
+            train_cache, train_rows, per_sample, as_float=as_float and not per_batch
+        ),
+        "val": CachedImageDataset(caches["val"], as_float=as_float),
+        "test": CachedImageDataset(test_cache, test_rows, as_float=as_float),
     }
 
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -553,7 +567,7 @@ def build_loaders(
             persistent_workers=num_workers > 0,
             generator=torch.Generator().manual_seed(seed) if is_train else None,
             collate_fn=BatchCollate(
-                augmentation if is_train and augment == "batch" else None, as_float=as_float
+                augmentation if is_train and per_batch else None, as_float=as_float
             ),
         )
 

@@ -30,6 +30,14 @@ class ClassMaps:
     correct: int
     wrong: int
     grid: Path
+    focus: dict[str, float]  # per kind: mean share of the map's mass in its top 10% of pixels
+
+
+def focus(heat: np.ndarray) -> float:
+    """Share of a map's mass in its brightest 10% of pixels: 0.1 for a flat map, 1 for a point."""
+    values = np.sort(heat.ravel())[::-1]
+    total = values.sum()
+    return float(values[: max(len(values) // 10, 1)].sum() / total) if total > 0 else 0.0
 
 
 def _pick(labels: np.ndarray, predictions: np.ndarray, class_id: int, per_kind: int) -> tuple[list[int], list[int]]:
@@ -64,20 +72,28 @@ def gradcam_grids(
         for name in chosen:
             class_id = classes.index(name)
             correct, wrong = _pick(labels, predictions, class_id, per_kind)
-            overlays, titles = [], []
+            width = max(len(correct), len(wrong), 1)
+            overlays, titles, focus_by_kind = [], [], {}
             for kind, rows in (("correct", correct), ("wrong", wrong)):
+                shares = []
+                # one row per kind, padded with blank cells so correct and wrong never share a row
                 for row in rows:
                     image, _ = dataset[row]
                     batch = image.unsqueeze(0).to(device)
                     heat = cam(input_tensor=batch, targets=[ClassifierOutputTarget(class_id)])[0]
+                    shares.append(focus(heat))
                     rgb = denormalize(image.unsqueeze(0))[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy()
                     overlays.append(show_cam_on_image(rgb.astype(np.float32), heat, use_rgb=True))
                     titles.append(f"{kind}: predicted\n{classes[predictions[row]]}")
-            if not overlays:
+                if shares:
+                    focus_by_kind[kind] = float(np.mean(shares))
+                overlays += [None] * (width - len(rows))
+                titles += [""] * (width - len(rows))
+            if not correct and not wrong:
                 continue
             grid = image_grid(
-                overlays, out_dir / f"gradcam_{name}.png", titles=titles, ncols=max(len(correct), len(wrong), 1),
+                overlays, out_dir / f"gradcam_{name}.png", titles=titles, ncols=width,
                 title=f"{name}: {len(correct)} correct, {len(wrong)} wrong (map for the true class)", cell_inches=2.0,
             )
-            results.append(ClassMaps(name, len(correct), len(wrong), grid))
+            results.append(ClassMaps(name, len(correct), len(wrong), grid, focus_by_kind))
     return results

@@ -65,8 +65,9 @@ def class_specs(num_classes: int = 25, class_names: Sequence[str] | None = None)
 
     The first 25 classes are the 5 x 5 combinations of the first five shapes and the textures,
     then the remaining shapes follow; each gets a palette chosen so that every palette is shared
-    by several classes, and every shape and texture appears in several palettes. Default names are ``Shape-Texture`` (plus ``-Palette`` past 40 classes);
-    ``class_names`` replaces them one for one.
+    by several classes, and every shape and texture appears in several palettes. Default names
+    are ``Shape-Texture`` (plus ``-Palette`` past 40 classes); ``class_names`` replaces them
+    one for one.
     """
     limit = len(SHAPES) * len(TEXTURES) * len(PALETTES)
     if not 2 <= num_classes <= limit:
@@ -88,7 +89,9 @@ def class_specs(num_classes: int = 25, class_names: Sequence[str] | None = None)
             raise ValueError(f"class_names needs {num_classes} distinct names, got {len(names)}")
         bad = [n for n in names if not _SAFE_NAME.match(n)]
         if bad:
-            raise ValueError(f"class names must be plain folder names (letters, digits, ' _.-'): {bad}")
+            raise ValueError(
+                f"class names must be plain folder names (letters, digits, ' _.-'): {bad}"
+            )
         specs = [ClassSpec(n, s.shape, s.texture, s.palette) for n, s in zip(names, specs)]
     return specs
 
@@ -101,7 +104,7 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _colour(rng: np.random.Generator, hue: float | None) -> np.ndarray:
-    """An RGB float colour in [0, 255]: near ``hue`` when given, else a grey from the mono palette."""
+    """An RGB float colour in [0, 255]: near ``hue`` if given, else a mono palette grey."""
     if hue is None:
         grey = rng.choice([rng.uniform(0, 50), rng.uniform(205, 255)])
         return np.full(3, grey, np.float32)
@@ -258,7 +261,7 @@ def generate_image_folder(
     class_names: Sequence[str] | None = None,
     image_format: str = "jpg",
 ) -> Path:
-    """Write a synthetic ImageFolder tree (``root/{train,val[,test]}/<Class>/*``) and return ``root``.
+    """Write a synthetic ImageFolder tree ``root/{train,val[,test]}/<Class>/*``; return ``root``.
 
     ``test_per_class`` = 0 writes no test split (the loader then carves one from train).
     ``image_format`` is "jpg" (quality 92, like the bird photos) or "png" (lossless). When
@@ -269,7 +272,9 @@ def generate_image_folder(
     if image_format not in ("jpg", "png"):
         raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
     if min(train_per_class, val_per_class) < 1 or test_per_class < 0 or size < 16:
-        raise ValueError("need train_per_class >= 1, val_per_class >= 1, test_per_class >= 0, size >= 16")
+        raise ValueError(
+            "need train_per_class >= 1, val_per_class >= 1, test_per_class >= 0 and size >= 16"
+        )
     specs = class_specs(num_classes, class_names)
     root = Path(root).expanduser()
     settings = {

@@ -1,0 +1,97 @@
+"""`col775 mathqa train` and `study`: flags over presets, --model, and a tiny run through col775.cli.main."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from col775.cli import build_parser, main
+from col775.core.config import config_from_args
+from col775.mathqa import synthetic
+from col775.mathqa.train import MathqaConfig, epochs_within_budget
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def parse(*argv: str):
+    return build_parser().parse_args(["mathqa", *argv])
+
+
+def test_train_flags_override_the_preset():
+    args = parse("train", "--preset", "demo", "--model", "bert_frozen", "--epochs", "3", "--lr", "0.01",
+                 "--teacher-forcing", "0.9", "--grammar", "--max-minutes", "2.5", "--out", "somewhere")
+    config = config_from_args(MathqaConfig, args, "mathqa")
+    assert config.model == "bert_frozen"
+    assert (config.epochs, config.lr, config.teacher_forcing) == (3, 0.01, 0.9)
+    assert (config.grammar, config.max_minutes) == (True, 2.5)
+    assert config.hidden_size == 128 and config.synthetic_train == 1500  # from demo.yaml, not overridden
+    assert args.out == "somewhere" and callable(args.handler)
+
+
+def test_train_without_flags_keeps_preset_and_defaults():
+    config = config_from_args(MathqaConfig, parse("train", "--preset", "course"), "mathqa")
+    assert config.model == "lstm_attn" and config.beam_size == 10 and config.teacher_forcing == 0.6
+    assert config_from_args(MathqaConfig, parse("train"), "mathqa") == MathqaConfig()
+
+
+def test_bad_model_and_bad_values_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse("train", "--model", "transformer")
+    assert "invalid choice" in capsys.readouterr().err
+    assert main(["mathqa", "train", "--epochs", "many", "--out", "unused"]) == 2
+    assert "epochs" in capsys.readouterr().err
+
+
+def test_study_has_config_flags_but_no_model():
+    args = parse("study", "--preset", "demo", "--hidden-size", "32", "--data", "/some/folder")
+    config = config_from_args(MathqaConfig, args, "mathqa")
+    assert (config.hidden_size, config.data) == (32, "/some/folder")
+    with pytest.raises(SystemExit):
+        parse("study", "--model", "lstm")
+
+
+def test_tiny_train_through_main(tmp_path, capsys):
+    folder = synthetic.write_synthetic(tmp_path / "data", n_train=48, n_dev=10, n_test=8, seed=2)
+    out = tmp_path / "run"
+    argv = ["mathqa", "train", "--model", "lstm", "--data", str(folder), "--out", str(out), "--glove", "random",
+            "--embedding-dim", "8", "--hidden-size", "16", "--target-embedding-dim", "8", "--epochs", "1",
+            "--batch-size", "16", "--beam-size", "2", "--max-decode-len", "16", "--device", "cpu"]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert printed == {"dev": metrics["dev"], "test": metrics["test"]}
+    assert set(metrics["dev"]) == {"exact_match", "execution_accuracy", "token_accuracy"}
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["model"], saved["hidden_size"], saved["epochs"]) == ("lstm", 16, 1)
+    assert main(argv + ["--epochs", "2"]) == 2  # other settings in a finished run folder: a clear error
+    assert "--force" in capsys.readouterr().err
+    assert main(["mathqa", "train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_time_budget_stops_between_epochs(tmp_path):
+    folder = synthetic.write_synthetic(tmp_path / "data", n_train=32, n_dev=8, n_test=8, seed=4)
+    out = tmp_path / "run"
+    argv = ["mathqa", "train", "--model", "lstm_attn", "--data", str(folder), "--out", str(out), "--glove", "random",
+            "--embedding-dim", "8", "--hidden-size", "8", "--target-embedding-dim", "8", "--epochs", "50",
+            "--beam-size", "1", "--max-decode-len", "12", "--device", "cpu", "--max-minutes", "0.000001"]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 1 and metrics["stopped_for_time"] and not metrics["stopped_early"]
+
+
+def test_epochs_within_budget():
+    history = [{"seconds": 60.0}, {"seconds": 90.0}]  # 75 s per epoch so far
+    budget = MathqaConfig(epochs=10, max_minutes=6.0)  # 360 s: 210 s left, two more 75 s epochs
+    assert epochs_within_budget(budget, history) == 4
+    assert epochs_within_budget(MathqaConfig(epochs=3, max_minutes=6.0), history) == 3
+    assert epochs_within_budget(MathqaConfig(epochs=10, max_minutes=1.0), history) == 2  # over budget: stop
+    assert epochs_within_budget(MathqaConfig(epochs=10), history) == 10  # no budget
+    assert epochs_within_budget(budget, []) == 10  # nothing measured yet
