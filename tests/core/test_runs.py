@@ -131,3 +131,9 @@ def test_sigkill_mid_epoch_loses_at_most_that_epoch(tmp_path):
     start, _ = run.resume({"model": torch.nn.Linear(64, 64)})
     assert start >= seen[-1] + 1  # every epoch reported as saved survived; only the one in flight is lost
     assert [r["epoch"] for r in run.history()] == list(range(start))
+
+
+def test_a_setting_added_since_the_run_started_does_not_block_resuming(tmp_path):
+    RunDir(tmp_path / "r", {"lr": 0.1}).save_checkpoint(0, _objects())
+    run = RunDir(tmp_path / "r", {"lr": 0.1, "new_option": 3})
+    assert run.resume(_objects())[0] == 1

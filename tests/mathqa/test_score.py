@@ -107,7 +107,7 @@ def test_score_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     out = tmp_path / "verdicts" / "dev.json"
 
     args = _parse(["mathqa", "score", str(submission), "--out", str(out)])
-    assert args.func(args) == 0
+    assert args.handler(args) == 0
 
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
@@ -129,7 +129,7 @@ def test_score_command_rejects_malformed_files(tmp_path: Path, capsys: pytest.Ca
     submission.write_text(content)
     args = _parse(["mathqa", "score", str(submission)])
     with pytest.raises(SystemExit) as exit_info:
-        args.func(args)
+        args.handler(args)
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert str(submission) in error and message in error
@@ -139,7 +139,7 @@ def test_score_command_rejects_malformed_files(tmp_path: Path, capsys: pytest.Ca
 def test_score_command_missing_file_and_out_onto_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = _parse(["mathqa", "score", str(tmp_path / "nope.json")])
     with pytest.raises(SystemExit) as exit_info:
-        missing.func(missing)
+        missing.handler(missing)
     assert exit_info.value.code == 2 and "no such file" in capsys.readouterr().err
 
     submission = tmp_path / "sub.json"
@@ -147,7 +147,7 @@ def test_score_command_missing_file_and_out_onto_input(tmp_path: Path, capsys: p
     before = submission.read_bytes()
     onto_input = _parse(["mathqa", "score", str(submission), "--out", str(submission)])
     with pytest.raises(SystemExit) as exit_info:
-        onto_input.func(onto_input)
+        onto_input.handler(onto_input)
     assert exit_info.value.code == 2 and "submission file itself" in capsys.readouterr().err
     assert submission.read_bytes() == before
 

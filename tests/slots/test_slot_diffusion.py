@@ -13,6 +13,15 @@ from col775.slots.vae import VQVAE
 IMAGE = 16
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tensors this small run fastest on one thread (more only add synchronisation, badly so on a busy CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_vae() -> VQVAE:
     """2x downsampling, 3-channel latent, 16 codes: a 16x16 image becomes a 3x8x8 latent."""
     return VQVAE(channels=8, channel_mults=(1, 2), num_res_blocks=1, num_codes=16, norm_groups=4)

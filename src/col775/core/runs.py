@@ -16,6 +16,7 @@ the epoch it was in.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 import yaml
 
+log = logging.getLogger(__name__)
 
 class Stateful(Protocol):
     def state_dict(self) -> dict: ...
@@ -117,7 +119,10 @@ class RunDir:
             return
         old = yaml.safe_load(old_path.read_text()) or {}
         new = yaml.safe_load(yaml.safe_dump(self.config))
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        added = sorted(set(new) - set(old))
+        if added:  # fields introduced after this run started: it ran without them, so resuming is allowed
+            log.warning("%s predates the settings %s; resuming with their current values", self.path, added)
+        changed = sorted(k for k in set(old) if old.get(k) != new.get(k))
         if changed:
             details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
             raise ConfigMismatchError(

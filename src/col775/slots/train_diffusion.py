@@ -55,8 +55,9 @@ def diffusion_run_fields(config: SlotDiffusionConfig) -> dict:
 class DiffusionSlotModel:
     """A trained slot-diffusion model as the study sees any slot model: encode, decode, explain, predict.
 
-    Sampling uses the config's sampler, from noise drawn by a generator seeded with `seed`, so
-    the same images give the same reconstructions.
+    Sampling uses the config's sampler; its noise comes from one generator seeded with `seed` and
+    advanced by every call, so a fixed sequence of calls gives the same images every time while
+    successive batches still start from different noise.
     """
 
     label = "latent diffusion decoder"
@@ -66,9 +67,12 @@ class DiffusionSlotModel:
         self.sampler = sampler
         self.steps = steps
         self.seed = seed
+        self._generator: torch.Generator | None = None
 
-    def _generator(self, device: torch.device) -> torch.Generator:
-        return torch.Generator(device=device).manual_seed(self.seed)
+    def _noise(self, device: torch.device) -> torch.Generator:
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generator
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
@@ -78,7 +82,7 @@ class DiffusionSlotModel:
     @torch.no_grad()
     def decode(self, slots: Tensor) -> Tensor:
         """slots [B, K', D] -> sampled images [B, 3, H, W] in [-1, 1]."""
-        return self.model.generate(slots, self.sampler, self.steps, self._generator(slots.device))
+        return self.model.generate(slots, self.sampler, self.steps, self._noise(slots.device))
 
     @torch.no_grad()
     def masks(self, images: Tensor) -> Tensor:
