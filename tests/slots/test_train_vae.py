@@ -105,7 +105,7 @@ def test_cli_flags_override_the_demo_preset_and_a_finished_run_is_reused(tmp_pat
         "--vae-num-codes", "8", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
     ])  # fmt: skip
     config = config_from_args(SlotDiffusionConfig, args, "slots", default_preset="diffusion-demo")
-    assert config.vae_arch == "small" and config.image_size == 16 and config.vae_num_codes == 8
+    assert config.vae_arch == "tiny" and config.image_size == 16 and config.vae_num_codes == 8
     assert args.handler(args) == 0
     assert vae_file(tmp_path / "run").is_file()
     # A second call finds the finished run and does not train again.

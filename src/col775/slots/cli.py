@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from col775.slots.cli_diffusion import add_train_diffusion, add_train_vae
 from col775.slots.scenes import write_scene_folder
 
 
@@ -101,14 +102,14 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
 def _run_study(args: argparse.Namespace) -> int:
     from col775.core.config import config_from_args
     from col775.slots.config import SlotsConfig
-    from col775.slots.study import run_study
+    from col775.slots.diffusion_study import run_decoders
 
     config = config_from_args(SlotsConfig, args, "slots")
-    run_study(config, Path(args.out), force=args.force)
+    run_decoders(config, Path(args.out), force=args.force)
     summary = json.loads((Path(args.out) / "summary.json").read_text())
     print(json.dumps(summary, indent=2))
     print(f"report: {Path(args.out) / 'report.html'}")
     return 0
 
 
-_COMMANDS = (_add_make_scenes, _add_train, _add_study)
+_COMMANDS = (_add_make_scenes, _add_train, _add_study, add_train_vae, add_train_diffusion)

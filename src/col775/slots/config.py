@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from col775.slots.autoencoder import SlotAutoencoderConfig, TrainRecipe
 
-DECODERS = ("sbd", "diffusion")
+DECODERS = ("sbd", "diffusion", "both")
 
 # Fields that change only what the study does after training, not the trained model.
 STUDY_FIELDS = ("figure_images", "fid", "fid_max_images", "fid_batch_size", "fid_method", "library_max_images")
@@ -34,7 +34,7 @@ class SlotsConfig:
     cache_dir: str | None = None  # generated scenes go to <cache_dir>/scenes (default ~/.cache/col775)
     num_workers: int = 0
     # model
-    decoder: str = "sbd"  # sbd (spatial broadcast) | diffusion
+    decoder: str = "sbd"  # sbd (spatial broadcast) | diffusion | both (and a table comparing them)
     num_slots: int = 11
     slot_dim: int = 64
     slot_iters: int = 3

@@ -17,6 +17,7 @@ two decoders' numbers side by side.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -219,7 +220,28 @@ def comparison_table(report: Report, summaries: dict[str, dict]) -> Report:
     return report
 
 
-def demo(out: Path, force: bool = False) -> Report:
-    """The diffusion decoder at CPU size on generated 32x32 scenes."""
-    config = load_config(SlotDiffusionConfig, "slots", "diffusion-demo", {})
-    return diffusion_report(config, out, force=force)
+def run_decoders(config: SlotsConfig, out: str | Path, force: bool = False) -> Report:
+    """`col775 slots study`: the decoder(s) `config.decoder` names ("sbd", "diffusion" or "both"),
+    one report, and with both the table that compares them."""
+    from col775.slots.study import run_study
+
+    out = Path(out)
+    if config.decoder == "sbd":
+        return run_study(config, out, force)
+    if config.decoder == "diffusion":
+        report = study_section(config, out, force)
+        report.write(out)
+        return report
+    if config.decoder != "both":
+        raise ValueError(f"decoder must be sbd, diffusion or both, got {config.decoder!r}")
+    report = run_study(dataclasses.replace(config, decoder="sbd"), out / "sbd-study", force)
+    report.extend(study_section(dataclasses.replace(config, decoder="diffusion"), out / "diffusion-study", force))
+    summaries = {
+        "spatial broadcast": json.loads((out / "sbd-study" / "summary.json").read_text()),
+        "latent diffusion": json.loads((out / "diffusion-study" / SUMMARY_FILE).read_text()),
+    }
+    comparison_table(report, summaries)
+    atomic_write_json(out / "summary.json", summaries)
+    report.write(out)
+    return report
+

@@ -300,6 +300,8 @@ def observations(metrics: dict, history: list[dict], generation: dict) -> str:
 
 
 def demo(out: Path, force: bool = False) -> Report:
-    """The study at CPU size on generated 32x32 scenes (`col775 demo`)."""
-    config = load_config(SlotsConfig, "slots", "demo", {})
-    return run_study(config, out, force=force)
+    """Both decoders at CPU size on generated 32x32 scenes, and their comparison (`col775 demo`)."""
+    from col775.slots.diffusion_study import run_decoders  # it builds on this module
+
+    config = load_config(SlotsConfig, "slots", "demo", {"decoder": "both"})
+    return run_decoders(config, out, force=force)

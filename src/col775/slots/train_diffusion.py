@@ -40,6 +40,7 @@ from col775.slots.slot_diffusion import (
 )  # fmt: skip
 from col775.slots.train import build_scheduler, epoch_batches, make_loaders
 from col775.slots.train_vae import train_vae, vae_file
+from col775.slots.vae import VQVAE
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class DiffusionSlotModel:
         return self.labels(images), self.decode(self.encode(images))
 
 
-def prepare_vae(config: SlotDiffusionConfig, out: str | Path, force: bool = False):
+def prepare_vae(config: SlotDiffusionConfig, out: str | Path, force: bool = False) -> tuple[VQVAE, Path]:
     """The frozen VAE: loaded from `config.vae`, or trained into `<out>/vae` (resumed or reused) first."""
     if config.vae:
         return load_vae(config.vae, config.vae_arch, config.vae_num_codes), Path(config.vae)
