@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 import yaml
 
 from col775.cli import build_parser, main
@@ -12,12 +11,7 @@ from col775.mathqa import synthetic
 from col775.mathqa.train import MathqaConfig, epochs_within_budget
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def parse(*argv: str):

@@ -16,13 +16,7 @@ TINY = ModelConfig(hidden_size=24, num_layers=2, dropout=0.1, target_embedding_d
 RECORDS = synthetic.generate(20, seed=5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny step-by-step models run many small ops: extra threads only spin on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_batch(records, tokenizer=None):

@@ -4,7 +4,6 @@ import dataclasses
 import json
 
 import pytest
-import torch
 
 from col775.cli import main
 from col775.mathqa import programs, synthetic
@@ -15,12 +14,7 @@ from col775.mathqa.train import MathqaConfig
 BERT = {"epochs": 1, "max_steps_per_epoch": 2, "max_wordpieces": 48}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(folder) -> MathqaConfig:

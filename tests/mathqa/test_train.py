@@ -3,19 +3,13 @@
 import json
 
 import pytest
-import torch
 
 from col775.core.config import load_config
 from col775.mathqa import score, synthetic
 from col775.mathqa.train import MathqaConfig, decode_run, train_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,7 @@ from col775.slots.train_vae import CodeCounter, train_vae, vae_file
 from col775.slots.vae import VQVAE
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tensors this small run fastest on one thread (more only add synchronisation, badly so on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(cache, **changes) -> SlotDiffusionConfig:

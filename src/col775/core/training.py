@@ -82,3 +82,21 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, leave: 
     """A tqdm bar on stderr; silent when COL775_NO_PROGRESS=1 or on a non-zero distributed rank."""
     disabled = os.environ.get("COL775_NO_PROGRESS") == "1" or os.environ.get("RANK", "0") != "0"
     return tqdm(iterable, desc=desc, total=total, leave=leave, disable=disabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def optimise(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    where: str,
+    grad_clip: float = 0.0,
+    parameters: Iterable[torch.nn.Parameter] | None = None,
+) -> None:
+    """One guarded update: refuse a NaN/inf loss (before it reaches the weights), backward,
+    clip the gradient norm of `parameters` (all the optimiser's when None) if `grad_clip` > 0, step."""
+    check_finite(loss, where)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        params = parameters if parameters is not None else [p for g in optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()

@@ -23,12 +23,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader
 
 from col775.core.config import to_dict
 from col775.core.runs import RunDir
-from col775.core.training import EarlyStopping, check_finite, pick_device, progress, seed_everything
+from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything
 from col775.mathqa import data, synthetic
 from col775.mathqa.data import MAX_NUMBERS
 from col775.mathqa.beam import beam_search, greedy_search
@@ -200,12 +199,7 @@ def train_epoch(model: Seq2Seq, loader, optimizer, scheduler, config: MathqaConf
             break
         batch = batch.to(device)
         loss = sequence_loss(model(batch, config.teacher_forcing), batch)
-        check_finite(loss, f"epoch {epoch + 1}, step {step + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
+        optimise(loss, optimizer, f"epoch {epoch + 1}, step {step + 1}", config.grad_clip, model.parameters())
         scheduler.step()
         count = int((batch.tgt[:, 1:] != 0).sum())
         total += loss.item() * count

@@ -152,7 +152,7 @@ def add_sanity_check(report: Report, torch_run: dict, ours: dict, figures: Path)
                 series[f"{label} {split}"] = ([r["epoch"] + 1 for r in run["history"]], [r[f"{split}/{key}"] for r in run["history"]])
         report.figure(line_plot(series, figures / f"sanity_{key}.png", title=f"torch BN vs our BN: {title}", ylabel=key),
                       f"torch BatchNorm2d and our BatchNorm: {title}, train and val")
-    gaps = [abs(a[f"val/loss"] - b[f"val/loss"]) for a, b in zip(torch_run["history"], ours["history"])]
+    gaps = [abs(a["val/loss"] - b["val/loss"]) for a, b in zip(torch_run["history"], ours["history"])]
     if gaps:
         report.text(f"The largest per-epoch difference in validation loss is {max(gaps):.4g}.")
 

@@ -26,7 +26,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from col775.core.runs import RunDir
-from col775.core.training import EarlyStopping, check_finite, pick_device, progress, seed_everything
+from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything
 from col775.resnet.config import ResnetConfig, run_fields
 from col775.resnet.data import Loaders, build_loaders
 from col775.resnet.norms import clamp_gates
@@ -194,12 +194,7 @@ def train_epoch(model, loader, optimizer, scheduler, config: ResnetConfig, devic
         with _autocast(device, config.amp):
             logits = model(images)
         loss = F.cross_entropy(logits.float(), targets)
-        check_finite(loss, f"epoch {epoch + 1}, step {step + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
+        optimise(loss, optimizer, f"epoch {epoch + 1}, step {step + 1}", config.grad_clip)
         clamp_gates(model)  # BIN's rho must stay in [0, 1] after every step
         scheduler.step()
         losses.append(loss.item() * len(targets))

@@ -24,11 +24,11 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from col775.core.runs import RunDir
-from col775.core.training import EarlyStopping, check_finite, pick_device, progress, seed_everything
+from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything
 from col775.slots.autoencoder import SlotAutoencoder, TrainRecipe, reconstruction_loss
 from col775.slots.config import SlotsConfig, run_fields
 from col775.slots.data import LoaderInfo, SceneDataset, load_dataset
@@ -194,12 +194,7 @@ def train_epoch(
     for step, batch in enumerate(progress(batches, f"epoch {epoch + 1}/{config.epochs} train", total=total)):
         images = batch["image"].to(device)
         loss = reconstruction_loss(model(images)["recon"], images)
-        check_finite(loss, f"epoch {epoch + 1}, step {step + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
+        optimise(loss, optimizer, f"epoch {epoch + 1}, step {step + 1}", config.grad_clip, model.parameters())
         scheduler.step()
         losses.append(loss.item())
     return float(np.mean(losses))

@@ -26,12 +26,12 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from col775.core.config import to_dict
 from col775.core.runs import RunDir
-from col775.core.training import EarlyStopping, check_finite, pick_device, progress, seed_everything
+from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything
 from col775.slots.evaluate import evaluate_segmentation
 from col775.slots.fid import fid_folders, write_png_folder
 from col775.slots.generation import compositional_generation, to_uint8
@@ -143,12 +143,7 @@ def train_epoch(
     params = model.trainable_parameters()
     for step, batch in enumerate(progress(batches, f"epoch {epoch + 1}/{config.epochs} train", total=total)):
         loss = model.loss(batch["image"].to(device))
-        check_finite(loss, f"epoch {epoch + 1}, step {step + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
+        optimise(loss, optimizer, f"epoch {epoch + 1}, step {step + 1}", config.grad_clip, params)
         scheduler.step()
         losses.append(loss.item())
     return float(np.mean(losses))

@@ -28,7 +28,7 @@ from torch import nn
 
 from col775.core.config import to_dict
 from col775.core.runs import RunDir, atomic_write_bytes
-from col775.core.training import EarlyStopping, check_finite, pick_device, progress, seed_everything
+from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything
 from col775.slots.slot_diffusion import DATA_FIELDS, VAE_FIELDS, SlotDiffusionConfig, build_vae
 from col775.slots.train import epoch_batches, make_loaders
 from col775.slots.vae import VQVAE, codebook_usage, restart_dead_codes
@@ -100,10 +100,7 @@ def train_vae_epoch(
     for batch in progress(batches, f"vae epoch {epoch + 1}/{config.vae_epochs}", total=total):
         images = batch["image"].to(device)
         loss, mse, vq, indices = vae_loss(vae, images)
-        check_finite(loss, f"VAE epoch {epoch + 1}, step {steps + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimise(loss, optimizer, f"VAE epoch {epoch + 1}, step {steps + 1}")
         counter.add(indices)
         epoch_counts += torch.bincount(indices.flatten().cpu(), minlength=config.vae_num_codes)
         for name, value in zip(sums, (loss, mse, vq)):
