@@ -4,9 +4,10 @@ import json
 
 import pytest
 import yaml
+import yaml
 
 from col775.cli import build_parser, main
-from col775.core.config import config_from_args
+from col775.core.config import config_from_args, preset_path
 from col775.mathqa import synthetic
 from col775.mathqa.train import MathqaConfig, epochs_within_budget
 
@@ -25,7 +26,8 @@ def test_train_flags_override_the_preset():
     assert config.model == "bert_frozen"
     assert (config.epochs, config.lr, config.teacher_forcing) == (3, 0.01, 0.9)
     assert (config.grammar, config.max_minutes) == (True, 2.5)
-    assert config.hidden_size == 128 and config.synthetic_train == 1500  # from demo.yaml, not overridden
+    demo = yaml.safe_load(preset_path("mathqa", "demo").read_text())
+    assert (config.hidden_size, config.synthetic_train) == (demo["hidden_size"], demo["synthetic_train"])  # not overridden
     assert args.out == "somewhere" and callable(args.handler)
 
 
