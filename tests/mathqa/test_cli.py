@@ -4,7 +4,6 @@ import json
 
 import pytest
 import yaml
-import yaml
 
 from col775.cli import build_parser, main
 from col775.core.config import config_from_args, preset_path
