@@ -20,7 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -200,6 +200,37 @@ def train_epoch(
     return float(np.mean(losses))
 
 
+def run_epochs(
+    run: RunDir,
+    config: SlotsConfig,
+    objects: dict,
+    train_loader: DataLoader,
+    start: int,
+    seconds: float,
+    steps: int,
+    one_epoch: Callable[[Iterable[dict], int], float],
+    validate: Callable[[int], dict[str, float]],
+) -> float:
+    """The epoch loop both decoders share: train `steps` batches, validate every `val_every` epochs
+    (and at the last; `validate` returns "val/loss" and friends), log, checkpoint (best = lowest val
+    loss, tracked by `objects["best"]`). Returns the training seconds so far, resumed ones included."""
+    optimizer, best = objects["optimizer"], objects["best"]
+    for epoch in range(start, config.epochs):
+        began = time.perf_counter()
+        loss = one_epoch(epoch_batches(train_loader, config.seed, epoch, config.steps_per_epoch), epoch)
+        seconds += time.perf_counter() - began
+        record = {"epoch": epoch, "step": (epoch + 1) * steps, "lr": optimizer.param_groups[0]["lr"], "train/loss": loss}
+        improved = False
+        if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
+            record |= validate(epoch)
+            improved = best.step(record["val/loss"])
+        run.log_epoch(record)
+        run.save_checkpoint(epoch, objects, best=improved, extra={"train_seconds": seconds})
+        log.info("epoch %d: train loss %.5f%s", epoch + 1, loss,
+                 f", val loss {record['val/loss']:.5f}" if "val/loss" in record else "")  # fmt: skip
+    return seconds
+
+
 def train_sbd(config: SlotsConfig, out: str | Path, force: bool = False) -> dict:
     """Train (or resume, or skip when finished) one SBD run in `out`; returns its metrics.json content."""
     if config.decoder != "sbd":
@@ -224,22 +255,15 @@ def train_sbd(config: SlotsConfig, out: str | Path, force: bool = False) -> dict
     steps = config.steps_per_epoch or len(loaders.train)
     predictor = SbdSlotModel(model)
 
-    for epoch in range(start, config.epochs):
-        began = time.perf_counter()
-        batches = epoch_batches(loaders.train, config.seed, epoch, config.steps_per_epoch)
-        loss = train_epoch(model, batches, optimizer, scheduler, config, device, epoch, steps)
-        seconds += time.perf_counter() - began
-        record = {"epoch": epoch, "step": (epoch + 1) * steps, "lr": optimizer.param_groups[0]["lr"], "train/loss": loss}
-        improved = False
-        if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
-            model.eval()
-            val = evaluate_segmentation(predictor.predict, loaders.val, device, f"epoch {epoch + 1} val", miou=False)
-            record |= {"val/loss": val["mse"], "val/ari": val["ari"], "val/fg_ari": val["fg_ari"]}
-            improved = best.step(val["mse"])
-        run.log_epoch(record)
-        run.save_checkpoint(epoch, objects, best=improved, extra={"train_seconds": seconds})
-        log.info("epoch %d: train loss %.5f%s", epoch + 1, loss,
-                 f", val loss {record['val/loss']:.5f}" if "val/loss" in record else "")  # fmt: skip
+    def validate(epoch: int) -> dict[str, float]:
+        model.eval()
+        val = evaluate_segmentation(predictor.predict, loaders.val, device, f"epoch {epoch + 1} val", miou=False)
+        return {"val/loss": val["mse"], "val/ari": val["ari"], "val/fg_ari": val["fg_ari"]}
+
+    def one_epoch(batches: Iterable[dict], epoch: int) -> float:
+        return train_epoch(model, batches, optimizer, scheduler, config, device, epoch, steps)
+
+    seconds = run_epochs(run, config, objects, loaders.train, start, seconds, steps, one_epoch, validate)
 
     chosen = run.load_best({"model": model})
     model.eval()

@@ -38,7 +38,7 @@ from col775.slots.generation import compositional_generation, to_uint8
 from col775.slots.slot_diffusion import (
     DIFFUSION_STUDY_FIELDS, SlotDiffusion, SlotDiffusionConfig, build_model, build_vae, load_vae,
 )  # fmt: skip
-from col775.slots.train import build_scheduler, epoch_batches, make_loaders
+from col775.slots.train import build_scheduler, epoch_batches, make_loaders, run_epochs
 from col775.slots.train_vae import train_vae, vae_file
 from col775.slots.vae import VQVAE
 
@@ -242,23 +242,16 @@ def train_diffusion(config: SlotDiffusionConfig, out: str | Path, force: bool = 
     steps = config.steps_per_epoch or len(loaders.train)
     predictor = DiffusionSlotModel(model, config.sampler, config.sampler_steps, config.seed)
 
-    for epoch in range(start, config.epochs):
-        began = time.perf_counter()
-        batches = epoch_batches(loaders.train, config.seed, epoch, config.steps_per_epoch)
-        loss = train_epoch(model, batches, optimizer, scheduler, config, device, epoch, steps)
-        seconds += time.perf_counter() - began
-        record = {"epoch": epoch, "step": (epoch + 1) * steps, "lr": optimizer.param_groups[0]["lr"], "train/loss": loss}
-        improved = False
-        if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
-            record["val/loss"] = validation_loss(model, loaders.val, device, config.seed)
-            seg = evaluate_segmentation(lambda x: (predictor.labels(x), None), loaders.val, device,
-                                        f"epoch {epoch + 1} val", miou=False)
-            record |= {"val/ari": seg["ari"], "val/fg_ari": seg["fg_ari"]}
-            improved = best.step(record["val/loss"])
-        run.log_epoch(record)
-        run.save_checkpoint(epoch, objects, best=improved, extra={"train_seconds": seconds})
-        log.info("epoch %d: train loss %.5f%s", epoch + 1, loss,
-                 f", val loss {record['val/loss']:.5f}" if "val/loss" in record else "")  # fmt: skip
+    def validate(epoch: int) -> dict[str, float]:
+        loss = validation_loss(model, loaders.val, device, config.seed)
+        seg = evaluate_segmentation(lambda x: (predictor.labels(x), None), loaders.val, device,
+                                    f"epoch {epoch + 1} val", miou=False)  # fmt: skip
+        return {"val/loss": loss, "val/ari": seg["ari"], "val/fg_ari": seg["fg_ari"]}
+
+    def one_epoch(batches, epoch: int) -> float:
+        return train_epoch(model, batches, optimizer, scheduler, config, device, epoch, steps)
+
+    seconds = run_epochs(run, config, objects, loaders.train, start, seconds, steps, one_epoch, validate)
 
     chosen = run.load_best({"model": model})
     model.eval()
