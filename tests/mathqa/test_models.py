@@ -64,6 +64,24 @@ def test_decoder_state_index_select():
     assert no_attention.h.shape == (4, 1, 4) and no_attention.keys is None
 
 
+def test_beams_share_their_examples_memory_and_attend_as_if_it_were_copied():
+    model = tiny("lstm_attn")
+    batch, _, _ = make_batch(RECORDS[:3])
+    start = model.start(batch)
+    beams = start.index_select(torch.arange(3).repeat_interleave(4))  # 4 beams an example
+    assert beams.h.shape[0] == 12 and beams.keys.shape[0] == 3 and beams.group == 4
+    copied = dataclasses.replace(beams, keys=start.keys.repeat_interleave(4, 0),
+                                 values=start.values.repeat_interleave(4, 0), mask=start.mask.repeat_interleave(4, 0))
+    assert copied.group == 1
+    tokens = torch.randint(4, 10, (12,))
+    with torch.no_grad():
+        shared, _ = model.step(tokens, beams)
+        reference, _ = model.step(tokens, copied)
+    torch.testing.assert_close(shared, reference)
+    pruned = beams.index_select(torch.tensor([8, 9, 10, 11, 0, 1, 2, 3]))  # example 2 then example 0
+    assert torch.equal(pruned.keys, start.keys[[2, 0]])
+
+
 @pytest.mark.parametrize("kind", ["lstm", "lstm_attn"])
 def test_forward_with_full_teacher_forcing_equals_stepping_gold(kind):
     model = tiny(kind)

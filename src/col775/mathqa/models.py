@@ -32,7 +32,6 @@ probability p and its own argmax otherwise.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,28 +65,49 @@ class ModelConfig:
 
 @dataclass
 class DecoderState:
-    """Decoder state for N hypotheses; every tensor has N on dim 0."""
+    """Decoder state for N hypotheses; h, c and feed have N on dim 0.
+
+    The source fields (keys, values, mask) hold one row per *group* of consecutive hypotheses
+    (M rows, M dividing N): all beams of an example share their example's memory, so a beam
+    search over B examples keeps B memory rows instead of B x k copies, and the attention reads
+    each row once for its k queries.
+    """
 
     h: torch.Tensor  # [N, layers, H]
     c: torch.Tensor  # [N, layers, H]
     feed: torch.Tensor | None = None  # [N, H] previous attentional vector (input feeding)
-    keys: torch.Tensor | None = None  # [N, S, H] W_a m_s, the memory projected for the general score
-    values: torch.Tensor | None = None  # [N, S, Dm] the memory
-    mask: torch.Tensor | None = None  # [N, S] True on real source positions
+    keys: torch.Tensor | None = None  # [M, S, H] W_a m_s, the memory projected for the general score
+    values: torch.Tensor | None = None  # [M, S, Dm] the memory
+    mask: torch.Tensor | None = None  # [M, S] True on real source positions
+
+    @property
+    def group(self) -> int:
+        """Hypotheses per memory row."""
+        return 1 if self.mask is None else self.h.shape[0] // self.mask.shape[0]
 
     def index_select(self, index: torch.Tensor) -> DecoderState:
-        """The state of hypotheses ``index`` (a LongTensor of rows), for every field."""
-        return DecoderState(**{
-            f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).index_select(0, index))
-            for f in dataclasses.fields(self)
-        })
+        """The state of hypotheses ``index`` (a LongTensor of rows)."""
+        source = self._source_rows(index)
+        pick = (lambda t: None if t is None else t.index_select(0, source))
+        return DecoderState(
+            self.h.index_select(0, index), self.c.index_select(0, index),
+            None if self.feed is None else self.feed.index_select(0, index),
+            pick(self.keys), pick(self.values), pick(self.mask),
+        )  # fmt: skip
+
+    def _source_rows(self, index: torch.Tensor) -> torch.Tensor:
+        """Memory rows for the new hypotheses: one per run of equal rows when the runs all have one
+        length (beam expansion and pruning keep that shape), else one per hypothesis."""
+        rows = torch.div(index, self.group, rounding_mode="floor")
+        if rows.numel() > 1:
+            run = int((rows != rows[0]).nonzero()[0]) if bool((rows != rows[0]).any()) else rows.numel()
+            if rows.numel() % run == 0 and bool((rows.view(-1, run) == rows.view(-1, run)[:, :1]).all()):
+                return rows.view(-1, run)[:, 0]
+        return rows
 
     def select_beams(self, index: torch.Tensor) -> DecoderState:
-        """``index_select`` for rows that stay within their example's block of beams.
-
-        The source fields (keys, values, mask) are the same for every beam of an example,
-        so beam back-pointers need not copy them: only h, c and feed are gathered.
-        """
+        """``index_select`` for rows that stay within their example's block of beams: the source
+        fields are shared by the block, so only h, c and feed are gathered."""
         return DecoderState(self.h.index_select(0, index), self.c.index_select(0, index),
                             None if self.feed is None else self.feed.index_select(0, index),
                             self.keys, self.values, self.mask)
@@ -231,9 +251,11 @@ class Decoder(nn.Module):
         new = DecoderState(h.transpose(0, 1), c.transpose(0, 1), keys=state.keys, values=state.values,
                            mask=state.mask)
         if self.attention:
-            scores = torch.bmm(state.keys, top.unsqueeze(-1)).squeeze(-1)  # [N, S]
-            scores = scores.masked_fill(~state.mask, float("-inf"))
-            context = torch.bmm(scores.softmax(-1).unsqueeze(1), state.values).squeeze(1)  # [N, Dm]
+            rows, group = state.keys.shape[0], state.group
+            queries = top.view(rows, group, -1)  # [M, g, H]: the g hypotheses sharing a memory row
+            scores = torch.bmm(queries, state.keys.transpose(1, 2))  # [M, g, S]
+            scores = scores.masked_fill(~state.mask.unsqueeze(1), float("-inf"))
+            context = torch.bmm(scores.softmax(-1), state.values).reshape(top.shape[0], -1)  # [N, Dm]
             top = torch.tanh(self.combine(torch.cat([context, top], dim=-1)))
             new.feed = top
         return self.out(self.dropout(top)), new
