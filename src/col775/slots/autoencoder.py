@@ -201,6 +201,18 @@ class SpatialBroadcastDecoder(nn.Module):
         return out.view(batch, num_slots, *out.shape[1:])
 
 
+def slot_attention_for(config: SlotAutoencoderConfig, input_dim: int) -> SlotAttention:
+    """The Slot Attention module a config describes, over encoder features of `input_dim`."""
+    return SlotAttention(
+        num_slots=config.num_slots,
+        dim=config.slot_dim,
+        input_dim=input_dim,
+        iters=config.slot_iters,
+        hidden_dim=config.slot_hidden_dim,
+        init=config.slot_init,
+    )
+
+
 class SlotAutoencoder(nn.Module):
     """Encoder + Slot Attention + spatial broadcast decoder, trained on reconstruction alone."""
 
@@ -208,14 +220,7 @@ class SlotAutoencoder(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = SlotEncoder(config)
-        self.slot_attention = SlotAttention(
-            num_slots=config.num_slots,
-            dim=config.slot_dim,
-            input_dim=self.encoder.out_dim,
-            iters=config.slot_iters,
-            hidden_dim=config.slot_hidden_dim,
-            init=config.slot_init,
-        )
+        self.slot_attention = slot_attention_for(config, self.encoder.out_dim)
         self.decoder = SpatialBroadcastDecoder(config)
 
     def encode(self, images: Tensor, slots_init: Tensor | None = None) -> tuple[Tensor, Tensor]:

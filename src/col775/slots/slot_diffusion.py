@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from col775.slots.autoencoder import SlotAutoencoderConfig, SlotEncoder
+from col775.slots.autoencoder import SlotAutoencoderConfig, SlotEncoder, slot_attention_for
 from col775.slots.config import STUDY_FIELDS, SlotsConfig
 from col775.slots.diffusion import SCHEDULES, GaussianDiffusion
-from col775.slots.slot_attention import SlotAttention
 from col775.slots.unet import UNet, UNetConfig
 from col775.slots.vae import VQVAE
 
@@ -209,14 +208,7 @@ class SlotDiffusion(nn.Module):
         self.config = encoder_config
         self.latent_shape = (latent_channels, latent_size, latent_size)
         self.encoder = SlotEncoder(encoder_config)
-        self.slot_attention = SlotAttention(
-            num_slots=encoder_config.num_slots,
-            dim=encoder_config.slot_dim,
-            input_dim=self.encoder.out_dim,
-            iters=encoder_config.slot_iters,
-            hidden_dim=encoder_config.slot_hidden_dim,
-            init=encoder_config.slot_init,
-        )
+        self.slot_attention = slot_attention_for(encoder_config, self.encoder.out_dim)
         self.unet = UNet(unet_config)
         self.diffusion = diffusion
         self.vae = vae.eval().requires_grad_(False)

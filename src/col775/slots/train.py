@@ -200,6 +200,19 @@ def train_epoch(
     return float(np.mean(losses))
 
 
+def start_training(run: RunDir, config: SlotsConfig, model: torch.nn.Module, parameters: Iterable) -> tuple[dict, int, float]:
+    """Adam over `parameters`, the paper's schedule and a best-val-loss tracker, restored from the
+    run's last checkpoint if it has one. Returns (what to checkpoint, first epoch, training seconds)."""
+    optimizer = torch.optim.Adam(parameters, lr=config.lr)
+    scheduler = build_scheduler(optimizer, config.recipe())
+    best = EarlyStopping(patience=0, mode="min")  # only tracks the best val loss
+    objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "best": best}
+    start, extra = run.resume(objects)
+    if start:
+        log.info("resuming %s at epoch %d", run.path, start + 1)
+    return objects, start, float(extra.get("train_seconds", 0.0))
+
+
 def run_epochs(
     run: RunDir,
     config: SlotsConfig,
@@ -244,14 +257,8 @@ def train_sbd(config: SlotsConfig, out: str | Path, force: bool = False) -> dict
 
     loaders = make_loaders(config)
     model = build_model(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scheduler = build_scheduler(optimizer, config.recipe())
-    best = EarlyStopping(patience=0, mode="min")  # only tracks the best val loss
-    objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "best": best}
-    start, extra = run.resume(objects)
-    seconds = float(extra.get("train_seconds", 0.0))
-    if start:
-        log.info("resuming %s at epoch %d", out, start + 1)
+    objects, start, seconds = start_training(run, config, model, model.parameters())
+    optimizer, scheduler = objects["optimizer"], objects["scheduler"]
     steps = config.steps_per_epoch or len(loaders.train)
     predictor = SbdSlotModel(model)
 

@@ -31,14 +31,14 @@ from torch.utils.data import DataLoader
 
 from col775.core.config import to_dict
 from col775.core.runs import RunDir
-from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything
+from col775.core.training import optimise, pick_device, progress, seed_everything
 from col775.slots.evaluate import evaluate_segmentation
 from col775.slots.fid import fid_folders, write_png_folder
 from col775.slots.generation import compositional_generation, to_uint8
 from col775.slots.slot_diffusion import (
     DIFFUSION_STUDY_FIELDS, SlotDiffusion, SlotDiffusionConfig, build_model, build_vae, load_vae,
 )  # fmt: skip
-from col775.slots.train import build_scheduler, epoch_batches, make_loaders, run_epochs
+from col775.slots.train import epoch_batches, make_loaders, run_epochs, start_training
 from col775.slots.train_vae import train_vae, vae_file
 from col775.slots.vae import VQVAE
 
@@ -228,15 +228,9 @@ def train_diffusion(config: SlotDiffusionConfig, out: str | Path, force: bool = 
     seed_everything(config.seed)  # the same stream whether or not a VAE was trained first
     loaders = make_loaders(config)
     model = build_model(config, vae).to(device)
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config.lr)
-    scheduler = build_scheduler(optimizer, config.recipe())
-    best = EarlyStopping(patience=0, mode="min")  # only tracks the best val loss
-    objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "best": best}
-    start, extra = run.resume(objects)
-    seconds = float(extra.get("train_seconds", 0.0))
-    if start:
-        log.info("resuming %s at epoch %d", out, start + 1)
-    else:
+    objects, start, seconds = start_training(run, config, model, model.trainable_parameters())
+    optimizer, scheduler = objects["optimizer"], objects["scheduler"]
+    if not start:  # a resumed model brings its latent scale in its state
         first = next(iter(epoch_batches(loaders.train, config.seed, 0, 1)))["image"].to(device)
         log.info("latent scale %.4f", model.set_latent_scale(first))
     steps = config.steps_per_epoch or len(loaders.train)
