@@ -7,6 +7,13 @@ random weights, hidden 256, target vocabulary of about 100 tokens, source length
 with random weights hypotheses rarely end early, so every search runs close to max_len,
 the worst case for beam search. Times are the best of a few repeats on this CPU.
 
+What bounds the first ratio: both searches advance the same hypotheses through the same
+decoder steps; batching saves only the per-call overhead of the small ones. The script also
+times the decoder step alone at full width (batch x beam rows) and prints one-by-one divided
+by the batched search's rows at that cost: no batched search can beat that bound. On a CPU,
+where a full-width step is compute-bound matrix products, the bound is a few x, not 10x; on a
+GPU, where the single example's steps are launch-bound, it is far larger.
+
 Each is timed twice: with ``models.DecoderState`` as it is, whose ``select_beams`` (see
 ``beam.py``) leaves the per-example attention keys and memory in place when following
 back-pointers, and with a wrapper that hides ``select_beams``, so that every step copies
@@ -59,6 +66,37 @@ class GatherAllModel:
         return logits, GatherAllState(inner)
 
 
+class RowCounter:
+    """The same model, recording how many hypotheses each decoder step advances."""
+
+    def __init__(self, model: Seq2Seq) -> None:
+        self.model, self.tgt_vocab, self.rows = model, model.tgt_vocab, []
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        return self.model.parameters()
+
+    def start(self, batch: Batch) -> Any:
+        return self.model.start(batch)
+
+    def step(self, prev: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        self.rows.append(len(prev))
+        return self.model.step(prev, state)
+
+
+def decoder_floor(model: Seq2Seq, batch: Batch, beam_size: int, max_len: int, repeats: int) -> float:
+    """Seconds the batched search spends in decoder steps alone: the rows it advances, at the
+    full-width step's cost per row. Any search order must do this work; the one-at-a-time search
+    adds only its per-call overhead to it, so one_by_one / floor bounds what batching can gain."""
+    counter = RowCounter(model)
+    beam_search(counter, batch, beam_size, max_len)
+    width = len(batch) * beam_size
+    state = model.start(batch).index_select(torch.arange(len(batch)).repeat_interleave(beam_size))
+    prev = torch.randint(4, len(model.tgt_vocab), (width,), generator=torch.Generator().manual_seed(3))
+    steps = 20
+    wall, _ = best_time(lambda: [model.step(prev, state) for _ in range(steps)], repeats)
+    return wall / (steps * width) * sum(counter.rows)
+
+
 def best_time(run: Callable[[], object], repeats: int) -> tuple[float, float]:
     """Best wall-clock and best process CPU time (user + system, all threads) over ``repeats`` runs.
 
@@ -85,6 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch 16, max_len 20, one repeat")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--hidden", type=int, default=256, help="decoder size (256: the course preset, 128: the demo)")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -96,7 +135,7 @@ def main() -> None:
                 *(f"n{k}" for k in range(12)), *(f"#{k}" for k in range(10))]
     tgt_vocab = Vocab(tgt_itos)
     src_vocab = Vocab([*Vocab.specials, *(f"w{i}" for i in range(2000))])
-    model = build_model("lstm_attn", src_vocab, tgt_vocab, ModelConfig(glove="random", hidden_size=256)).eval()
+    model = build_model("lstm_attn", src_vocab, tgt_vocab, ModelConfig(glove="random", hidden_size=args.hidden)).eval()
     batch = make_batch(batch_size, src_len, len(src_vocab), seed=1)
     num_numbers = torch.randint(1, 8, (batch_size,), generator=torch.Generator().manual_seed(2))
     grammar = ProgramGrammar(tgt_vocab.itos, tgt_vocab.eos_id, tgt_vocab.pad_id, tgt_vocab.bos_id)
@@ -108,7 +147,7 @@ def main() -> None:
             [h.tokens for h in hs] for hs in beam_search(GatherAllModel(model), batch, beam_size, max_len)]
     if not same:
         raise RuntimeError("select_beams changed the beam search result")
-    print(f"attention LSTM (hidden 256), target vocab {len(tgt_vocab)}, source length {src_len}, "
+    print(f"attention LSTM (hidden {args.hidden}), target vocab {len(tgt_vocab)}, source length {src_len}, "
           f"batch {batch_size}, beam {beam_size}, max_len {max_len}, torch threads {torch.get_num_threads()}")
     for name, decoder in (("models.Seq2Seq", model), ("same, state without select_beams", GatherAllModel(model))):
         with torch.inference_mode():
@@ -117,6 +156,7 @@ def main() -> None:
             constrained = best_time(lambda: beam_search(decoder, batch, beam_size, max_len, grammar=grammar,
                                                         num_numbers=num_numbers), repeats)
             one_by_one = best_time(lambda: [beam_search(decoder, one, beam_size, max_len) for one in singles], 1)
+            floor = decoder_floor(model, batch, beam_size, max_len, repeats)
         print(f"\n{'[' + name + ']':<36}{'wall ms':>9}{'CPU ms':>10}")
         for label, (wall, cpu) in (("greedy, batched", greedy), ("beam, batched", batched),
                                    ("beam + grammar, batched", constrained),
@@ -126,6 +166,8 @@ def main() -> None:
                                           ("beam time / greedy time", (batched, greedy), "<= 4x"),
                                           ("grammar cost on the beam", (constrained, batched), "")):
             print(f"{label:<36}{num[0] / den[0]:8.2f}x{num[1] / den[1]:9.2f}x  {target and '(target ' + target + ')'}")
+        print(f"{'decoder steps alone, batched rows':<36}{floor * 1e3:9.1f}   (the work any search order repeats)")
+        print(f"{'bound on batching: one-by-one/that':<36}{one_by_one[0] / floor:8.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -5,6 +5,11 @@ augmentation (``col775.resnet.data.train_transform``) and normalisation; the onl
 where the 256x256 uint8 pixels come from. The one-off cost of building the cache is printed
 separately. Runs on ../shared/data/birds25 (or --data); --quick uses a subset.
 
+Augmentation modes: "sample" and "batch" augment inside the loader on the CPU (the course's
+way), so their rates include that work for both pipelines; "none" is what the loader does for
+``augment: device`` training, where each batch is cropped and flipped on the GPU after the
+copy (``col775.resnet.augment``), and is the ratio of reading from the cache against decoding.
+
     .venv/bin/python benchmarks/bench_image_cache.py [--quick] [--augment sample|batch|none|all]
 """
 

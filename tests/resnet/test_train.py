@@ -112,3 +112,16 @@ def test_torchrun_ddp_on_cpu_with_two_processes(tmp_path):
     history = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 1 and metrics["data"]["split_sizes"]["val"] == 50
     assert 0.0 <= metrics["val"]["accuracy"] <= 1.0
+
+
+def test_device_augmentation_reads_uint8_batches_and_trains(tmp_path, monkeypatch):
+    calls = []
+    original = train_module.BatchAugment.__call__
+    monkeypatch.setattr(train_module.BatchAugment, "__call__",
+                        lambda self, images: calls.append(images.dtype) or original(self, images))
+    metrics = train(tiny(tmp_path, augment="device"), tmp_path / "run")
+    assert calls and set(calls) == {torch.uint8}  # loaders hand out raw cached pixels
+    assert 0.0 <= metrics["val"]["accuracy"] <= 1.0 and metrics["epochs_run"] == 2
+    loaders = train_module.make_loaders(tiny(tmp_path, augment="device"))
+    images, _ = next(iter(loaders.val))
+    assert images.dtype == torch.uint8

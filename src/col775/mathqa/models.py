@@ -39,9 +39,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from col775.mathqa.attention import SharedMemory, attend
 from col775.mathqa.data import MAX_NUMBERS, Batch, Vocab, placeholder
+from col775.mathqa.folded import FoldedDecoder
 from col775.mathqa.embeddings import PretrainedEmbedding, build_embedding_matrix
 
 KINDS = ("lstm", "lstm_attn", "bert_frozen", "bert_finetune")
@@ -77,8 +78,10 @@ class DecoderState:
     c: torch.Tensor  # [N, layers, H]
     feed: torch.Tensor | None = None  # [N, H] previous attentional vector (input feeding)
     keys: torch.Tensor | None = None  # [M, S, H] W_a m_s, the memory projected for the general score
-    values: torch.Tensor | None = None  # [M, S, Dm] the memory
+    values: torch.Tensor | None = None  # [M, S, Dm] the memory ([M, S, H], projected by W_c1, when folded)
     mask: torch.Tensor | None = None  # [M, S] True on real source positions
+    shared: SharedMemory | None = None  # training: keys/values/mask with a deferred gradient (attention.py)
+    folded: FoldedDecoder | None = None  # decoding without gradients: the step folded (folded.py; values projected)
 
     @property
     def group(self) -> int:
@@ -92,7 +95,7 @@ class DecoderState:
         return DecoderState(
             self.h.index_select(0, index), self.c.index_select(0, index),
             None if self.feed is None else self.feed.index_select(0, index),
-            pick(self.keys), pick(self.values), pick(self.mask),
+            pick(self.keys), pick(self.values), pick(self.mask), folded=self.folded,
         )  # fmt: skip
 
     def _source_rows(self, index: torch.Tensor) -> torch.Tensor:
@@ -110,7 +113,7 @@ class DecoderState:
         fields are shared by the block, so only h, c and feed are gathered."""
         return DecoderState(self.h.index_select(0, index), self.c.index_select(0, index),
                             None if self.feed is None else self.feed.index_select(0, index),
-                            self.keys, self.values, self.mask)
+                            self.keys, self.values, self.mask, folded=self.folded)
 
 
 # ---------------------------------------------------------------- encoders
@@ -125,30 +128,55 @@ class Encoded:
 
 
 class LSTMEncoder(nn.Module):
-    """Bidirectional LSTM over word embeddings; padding handled by packing."""
+    """Bidirectional LSTM over word embeddings, run on the padded batch.
+
+    Each layer is two one-directional LSTMs: ``forward_layers[l]`` reads the tokens in order,
+    ``backward_layers[l]`` reads each problem's tokens reversed within its own length, so that
+    for both the padding comes after the real tokens and cannot reach them; their outputs are
+    concatenated per position (zero at padding). Why not ``nn.LSTM(bidirectional=True)``: on a
+    padded batch its backward direction would read the padding first, and on a packed batch its
+    CPU kernels took 2.5x as long as two padded runs (its backward pass dominated a training step).
+    The summary that starts the decoder is, per layer, each direction's output after its last
+    token (the forward one at position length-1, the backward one at position 0); it serves as
+    both ``h`` and ``c`` of ``Encoded`` (the decoder's bridge projects each).
+    """
 
     def __init__(self, embedding: PretrainedEmbedding, hidden_size: int, num_layers: int, dropout: float):
         super().__init__()
         self.embedding = embedding
         self.dropout = nn.Dropout(dropout)
         self.num_layers = num_layers
-        self.lstm = nn.LSTM(embedding.embedding_dim, hidden_size, num_layers, batch_first=True,
-                            bidirectional=True, dropout=dropout if num_layers > 1 else 0.0)
+        self.hidden_size = hidden_size
+        sizes = [embedding.embedding_dim] + [2 * hidden_size] * (num_layers - 1)
+        self.forward_layers = nn.ModuleList(nn.LSTM(size, hidden_size, batch_first=True) for size in sizes)
+        self.backward_layers = nn.ModuleList(nn.LSTM(size, hidden_size, batch_first=True) for size in sizes)
+        self.inter_layer_dropout = dropout if num_layers > 1 else 0.0  # as nn.LSTM's dropout argument
         self.memory_dim = self.summary_dim = 2 * hidden_size
 
     def forward(self, batch: Batch) -> Encoded:
-        src, lengths = batch.src, batch.src_lengths
-        x = self.dropout(self.embedding(src))  # [B, S, E]
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, (h, c) = self.lstm(packed)
-        memory, _ = pad_packed_sequence(out, batch_first=True, total_length=src.shape[1])  # [B, S, 2H]
-        mask = torch.arange(src.shape[1], device=src.device)[None, :] < lengths.to(src.device)[:, None]
-        return Encoded(memory, mask, self._per_layer(h), self._per_layer(c))
+        src = batch.src
+        lengths = batch.src_lengths.to(src.device)
+        positions = torch.arange(src.shape[1], device=src.device)[None, :]
+        mask = positions < lengths[:, None]  # [B, S]
+        # reversal within each length (pads stay put); it is its own inverse
+        reverse = torch.where(mask, lengths[:, None] - 1 - positions, positions)
 
-    def _per_layer(self, state: torch.Tensor) -> torch.Tensor:
-        """[2 * layers, B, H] (layer-major, forward then backward) -> [B, layers, 2H]."""
-        layers2, batch, hidden = state.shape
-        return state.view(self.num_layers, 2, batch, hidden).permute(2, 0, 1, 3).reshape(batch, self.num_layers, -1)
+        def flip(t: torch.Tensor) -> torch.Tensor:
+            return t.gather(1, reverse.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
+
+        last = (lengths - 1).view(-1, 1, 1).expand(-1, 1, self.hidden_size)
+        x = self.dropout(self.embedding(src))  # [B, S, E]
+        summaries = []
+        for layer, (ahead, back) in enumerate(zip(self.forward_layers, self.backward_layers)):
+            if layer > 0:
+                x = nn.functional.dropout(x, self.inter_layer_dropout, self.training)
+            out_ahead, _ = ahead(x)
+            out_back = flip(back(flip(x))[0])
+            x = torch.cat([out_ahead, out_back], dim=-1)  # [B, S, 2H]
+            summaries.append(torch.cat([out_ahead.gather(1, last).squeeze(1), out_back[:, 0]], dim=-1))
+        memory = x.masked_fill(~mask.unsqueeze(-1), 0.0)
+        summary = torch.stack(summaries, dim=1)  # [B, layers, 2H]
+        return Encoded(memory, mask, summary, summary)
 
 
 def default_encoder_path() -> Path:
@@ -241,22 +269,51 @@ class Decoder(nn.Module):
             self.combine = nn.Linear(memory_dim + hidden_size, hidden_size)  # W_c of tanh(W_c [ctx; h])
         self.out = nn.Linear(hidden_size, vocab_size)
 
+    def fold(self) -> FoldedDecoder:
+        """This decoder's step rearranged for decoding without gradients (valid in eval mode only)."""
+        return FoldedDecoder(self.embedding, self.lstm, self.combine if self.attention else None)
+
+    def _lstm_step(self, prev: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, torch.Tensor]:
+        """``self.lstm`` advanced one step from ``state`` after tokens ``prev`` [N]: new h, c [N, layers, H].
+
+        The cell is applied layer by layer with ``torch.lstm_cell`` on the LSTM's own weights (the
+        same function, parameters and inter-layer dropout as calling ``self.lstm`` on a sequence of
+        length 1): a one-step call of ``nn.LSTM`` pays a whole-sequence kernel's set-up every step.
+        With ``state.folded`` the first layer runs folded instead (see folded.py).
+        """
+        lstm, hs, cs = self.lstm, [], []
+        for layer in range(lstm.num_layers):
+            h, c = state.h[:, layer], state.c[:, layer]
+            if layer == 0 and state.folded is not None:
+                h, c = state.folded.lstm_cell(prev, state.feed, h, c)
+            else:
+                if layer == 0:
+                    x = self.dropout(self.embedding(prev))  # [N, E]
+                    x = torch.cat([x, state.feed], dim=-1) if self.attention else x
+                else:
+                    x = nn.functional.dropout(hs[-1], lstm.dropout, self.training)
+                weights = [getattr(lstm, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                h, c = torch.lstm_cell(x, (h, c), *weights)
+            hs.append(h)
+            cs.append(c)
+        return torch.stack(hs, dim=1), torch.stack(cs, dim=1)
+
     def step(self, prev: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
-        x = self.dropout(self.embedding(prev))  # [N, E]
+        h, c = self._lstm_step(prev, state)
+        top = h[:, -1]  # [N, H]
+        new = DecoderState(h, c, keys=state.keys, values=state.values, mask=state.mask, shared=state.shared,
+                           folded=state.folded)
         if self.attention:
-            x = torch.cat([x, state.feed], dim=-1)
-        hc = (state.h.transpose(0, 1).contiguous(), state.c.transpose(0, 1).contiguous())  # [layers, N, H]
-        out, (h, c) = self.lstm(x.unsqueeze(1), hc)
-        top = out[:, 0]  # [N, H]
-        new = DecoderState(h.transpose(0, 1), c.transpose(0, 1), keys=state.keys, values=state.values,
-                           mask=state.mask)
-        if self.attention:
-            rows, group = state.keys.shape[0], state.group
-            queries = top.view(rows, group, -1)  # [M, g, H]: the g hypotheses sharing a memory row
-            scores = torch.bmm(queries, state.keys.transpose(1, 2))  # [M, g, S]
-            scores = scores.masked_fill(~state.mask.unsqueeze(1), float("-inf"))
-            context = torch.bmm(scores.softmax(-1), state.values).reshape(top.shape[0], -1)  # [N, Dm]
-            top = torch.tanh(self.combine(torch.cat([context, top], dim=-1)))
+            queries = top.view(state.keys.shape[0], state.group, -1)  # [M, g, H]: g hypotheses share a memory row
+            if state.shared is not None:
+                context = state.shared.attend(queries)
+            else:
+                context = attend(queries, state.keys, state.values, state.mask)
+            context = context.reshape(top.shape[0], -1)
+            if state.folded is not None:  # the values are W_c1 m_s, so this context is W_c1 context
+                top = state.folded.attentional(context, top)
+            else:
+                top = torch.tanh(self.combine(torch.cat([context, top], dim=-1)))
             new.feed = top
         return self.out(self.dropout(top)), new
 
@@ -281,14 +338,19 @@ class Seq2Seq(nn.Module):
                                config.num_layers, config.dropout, encoder.memory_dim, attention)
 
     def start(self, batch: Batch) -> DecoderState:
-        """Run the encoder once; the decoder's state before its first step."""
+        """Run the encoder once; the decoder's state before its first step.
+
+        Decoding without gradients in eval mode (the searches) gets the folded step (folded.py).
+        """
         encoded = self.encoder(batch)
         h = torch.tanh(self.bridge_h(encoded.h))  # [B, layers, H]
         c = self.bridge_c(encoded.c)
+        folded = None if torch.is_grad_enabled() or self.decoder.training else self.decoder.fold()
         if not self.decoder.attention:
-            return DecoderState(h, c)
+            return DecoderState(h, c, folded=folded)
         feed = h.new_zeros(h.shape[0], self.config.hidden_size)
-        return DecoderState(h, c, feed, self.decoder.key(encoded.memory), encoded.memory, encoded.mask)
+        values = encoded.memory if folded is None else folded.project_memory(encoded.memory)
+        return DecoderState(h, c, feed, self.decoder.key(encoded.memory), values, encoded.mask, folded=folded)
 
     def step(self, prev_tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
         """One decoder step: logits [N, V] for the token after ``prev_tokens`` [N]."""
@@ -300,6 +362,8 @@ class Seq2Seq(nn.Module):
         steps = inputs.shape[1]
         gold = torch.rand(inputs.shape, device=inputs.device) < teacher_forcing
         state = self.start(batch)
+        if state.keys is not None and torch.is_grad_enabled() and (state.keys.requires_grad or state.values.requires_grad):
+            state.shared = SharedMemory(state.keys, state.values, state.mask)  # one memory gradient, not T
         prev = inputs[:, 0]
         logits = []
         for t in range(steps):

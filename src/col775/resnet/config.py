@@ -22,7 +22,7 @@ class ResnetConfig:
     synthetic_val_per_class: int = 40
     synthetic_test_per_class: int = 40
     test_fraction: float = 0.1  # carved from train (stratified) when the data has no test/ split
-    augment: str = "sample"  # sample | batch | none
+    augment: str = "sample"  # sample | batch | device (per image, on the training device: augment.py) | none
     cache_dir: str | None = None  # default ~/.cache/col775
     num_workers: int = 0
     # model

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from PIL import Image, ImageOps
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
@@ -401,24 +401,51 @@ class CachedImageDataset(Dataset):
         row = int(self.indices[index])
         return self._finish(torch.from_numpy(np.array(self.cache.images[row])), row)
 
-    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
-        """A batch in one memmap read (DataLoader calls this instead of __getitem__ per sample)."""
+    def __getitems__(self, indices: list[int]) -> SampleBatch | list[tuple[torch.Tensor, int]]:
+        """A batch in one memmap read (DataLoader calls this instead of __getitem__ per sample).
+
+        Without a per-sample transform the batch stays one tensor (a :class:`SampleBatch`), read
+        straight from the memmap into its final buffer (in shared memory inside a loader worker,
+        as PyTorch's default collate does, so that handing it to the main process copies nothing).
+        """
         rows = self.indices[np.asarray(indices, dtype=np.int64)]
-        order = np.argsort(rows)  # ascending rows read the file front to back
-        pixels = np.empty((len(rows), *self.cache.shape[1:]), np.uint8)
-        pixels[order] = self.cache.images[rows[order]]
-        batch = torch.from_numpy(pixels)  # (B, H, W, 3)
-        return [self._finish(image, int(row)) for image, row in zip(batch, rows)]
+        labels = torch.from_numpy(self.cache.labels[rows].astype(np.int64))
+        pixels = torch.empty((len(rows), *self.cache.shape[1:]), dtype=torch.uint8)  # (B, H, W, 3)
+        if self.transform is None and get_worker_info() is not None:
+            pixels.share_memory_()
+        np.take(self.cache.images, rows, axis=0, out=pixels.numpy(), mode="clip")  # rows are valid
+        if self.transform is not None:
+            return [self._finish(image, int(row)) for image, row in zip(pixels, rows)]
+        images = pixels.permute(0, 3, 1, 2)  # (B, 3, H, W) view, channels-last strides
+        return SampleBatch(normalize(images) if self.as_float else images, labels)
+
+
+class SampleBatch(Sequence):
+    """Samples read together: ``images`` (B, 3, H, W) and ``labels`` (B,) int64, already stacked.
+
+    Indexing gives (image, label) pairs like any list of samples; :class:`BatchCollate` takes the
+    tensors as they are instead of stacking a copy.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
 
 
 class BatchCollate:
     """DataLoader collate_fn: (3, H, W) samples -> (images (B, 3, H, W), labels (B,)).
 
     uint8 samples are stacked channels-last (for views of the cache a plain memory copy, so
-    uint8 batches have channels-last strides), augmented as a whole by ``transform`` when given
-    (one draw per batch), and normalised when ``as_float``; without it they stay uint8 (a
-    quarter of the bytes to pass between processes and to the GPU) and the caller normalises
-    them on the device. Float samples, already normalised, are just stacked.
+    uint8 batches have channels-last strides; a :class:`SampleBatch` is already stacked),
+    augmented as a whole by ``transform`` when given (one draw per batch), and normalised when
+    ``as_float``; without it they stay uint8 (a quarter of the bytes to pass between processes
+    and to the GPU) and the caller normalises them on the device. Float samples, already
+    normalised, are just stacked.
     """
 
     def __init__(
@@ -428,13 +455,18 @@ class BatchCollate:
         self.as_float = as_float
 
     def __call__(
-        self, samples: list[tuple[torch.Tensor, int]]
+        self, samples: Sequence[tuple[torch.Tensor, int]]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
-        if samples[0][0].is_floating_point():
-            return torch.stack([image for image, _ in samples]), labels
-        stacked = torch.stack([image.permute(1, 2, 0) for image, _ in samples])  # (B, H, W, 3)
-        images = stacked.permute(0, 3, 1, 2)  # (B, 3, H, W) view
+        if isinstance(samples, SampleBatch):
+            images, labels = samples.images, samples.labels
+        else:
+            labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+            if samples[0][0].is_floating_point():
+                return torch.stack([image for image, _ in samples]), labels
+            stacked = torch.stack([image.permute(1, 2, 0) for image, _ in samples])  # (B, H, W, 3)
+            images = stacked.permute(0, 3, 1, 2)  # (B, 3, H, W) view
+        if images.is_floating_point():
+            return images, labels
         if self.transform is not None:
             images = self.transform(images)
         return (normalize(images) if self.as_float else images), labels

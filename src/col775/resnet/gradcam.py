@@ -18,7 +18,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from col775.core.plots import image_grid
-from col775.resnet.data import denormalize
+from col775.resnet.data import denormalize, normalize
 from col775.resnet.resnet import ResNet, gradcam_target_layers
 
 
@@ -79,6 +79,7 @@ def gradcam_grids(
                 # one row per kind, padded with blank cells so correct and wrong never share a row
                 for row in rows:
                     image, _ = dataset[row]
+                    image = image if image.is_floating_point() else normalize(image)  # uint8 loaders
                     batch = image.unsqueeze(0).to(device)
                     heat = cam(input_tensor=batch, targets=[ClassifierOutputTarget(class_id)])[0]
                     shares.append(focus(heat))

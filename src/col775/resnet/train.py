@@ -28,7 +28,8 @@ from torch import nn
 from col775.core.runs import RunDir
 from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything
 from col775.resnet.config import ResnetConfig, run_fields
-from col775.resnet.data import Loaders, build_loaders
+from col775.resnet.augment import BatchAugment
+from col775.resnet.data import Loaders, build_loaders, normalize
 from col775.resnet.norms import clamp_gates
 from col775.resnet.resnet import ResNet
 from col775.resnet.synthetic import BIRDS25_CLASSES, generate_image_folder
@@ -65,12 +66,16 @@ def data_root(config: ResnetConfig) -> Path:
 
 
 def make_loaders(config: ResnetConfig, batch_size: int | None = None) -> Loaders:
+    """The run's loaders; with ``augment: device`` they hand out the cached uint8 pixels as they are
+    (``_to_device`` augments and normalises them on the device)."""
+    on_device = config.augment == "device"
     return build_loaders(
         data_root(config),
         image_size=config.image_size,
         batch_size=batch_size or config.batch_size,
         eval_batch_size=config.eval_batch_size,
-        augment=config.augment,
+        augment="none" if on_device else config.augment,
+        as_float=not on_device,
         num_workers=config.num_workers,
         test_fraction=config.test_fraction,
         seed=config.seed,
@@ -173,8 +178,11 @@ def evaluate(model: nn.Module, loader, device: torch.device, num_classes: int, a
     return summarise(losses, predictions, labels, num_classes)
 
 
-def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device):
+def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device, augment: BatchAugment | None = None):
+    """Move a batch to ``device``; uint8 pixels (``augment: device``) are augmented there, then normalised."""
     images = images.to(device, non_blocking=True)
+    if not images.is_floating_point():
+        images = normalize(augment(images) if augment is not None else images)
     if device.type == "cuda":
         images = images.contiguous(memory_format=torch.channels_last)
     return images, targets.to(device, non_blocking=True)
@@ -187,10 +195,11 @@ def train_epoch(model, loader, optimizer, scheduler, config: ResnetConfig, devic
     seen, start = 0, time.perf_counter()
     limit = config.max_steps_per_epoch or None
     total = min(len(loader), limit) if limit else len(loader)
+    augment = BatchAugment(config.image_size) if config.augment == "device" else None  # same crop range as train_transform
     for step, (images, targets) in enumerate(progress(loader, f"epoch {epoch + 1} train", total=total)):
         if limit and step >= limit:
             break
-        images, targets = _to_device(images, targets, device)
+        images, targets = _to_device(images, targets, device, augment)
         with _autocast(device, config.amp):
             logits = model(images)
         loss = F.cross_entropy(logits.float(), targets)
