@@ -93,7 +93,8 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, both pipelines")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
+                        help="DataLoader worker counts to measure, both pipelines (0: read in the training process)")
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
     if not (args.data / "train").is_dir():
@@ -114,27 +115,28 @@ def main() -> int:
 
         epochs = 1 if args.quick else args.epochs
         modes = ["none", "batch", "sample"] if args.augment == "all" else [args.augment]
-        rates = {mode: measure(mode, cache, files, labels, args, epochs) for mode in modes}
+        rates = {(workers, mode): measure(mode, workers, cache, files, labels, args, epochs)
+                 for workers in args.workers for mode in modes}
 
     print(f"data: {split} ({len(files)} images at {args.image_size}px), "
-          f"{args.output} batches of {args.batch_size}, {args.workers} workers, "
+          f"{args.output} batches of {args.batch_size}, "
           f"{epochs} epoch(s) after a warm-up pass, torch threads {torch.get_num_threads()}")
     print(f"cache build, once: {build_s:.1f} s ({len(files) / build_s:,.0f} img/s)")
-    print(f"{'augment':>8} {'decode every epoch':>20} {'uint8 cache':>14} {'speed-up':>9}")
-    for mode, (decode, cached) in rates.items():
-        print(f"{mode:>8} {decode:>14,.0f} img/s {cached:>8,.0f} img/s {cached / decode:>8.1f}x")
+    print(f"{'workers':>7} {'augment':>8} {'decode every epoch':>20} {'uint8 cache':>14} {'speed-up':>9}")
+    for (workers, mode), (decode, cached) in rates.items():
+        print(f"{workers:>7} {mode:>8} {decode:>14,.0f} img/s {cached:>8,.0f} img/s {cached / decode:>8.1f}x")
     return 0
 
 
-def measure(mode, cache, files, labels, args, epochs) -> tuple[float, float]:
+def measure(mode, workers, cache, files, labels, args, epochs) -> tuple[float, float]:
     """(decoding rate, cached rate) in images per second for one augmentation mode."""
     augmentation = train_transform(args.image_size) if mode != "none" else None
     per_sample = augmentation if mode == "sample" else None
     settings = dict(
         batch_size=args.batch_size,
         shuffle=True,
-        num_workers=args.workers,
-        persistent_workers=args.workers > 0,
+        num_workers=workers,
+        persistent_workers=workers > 0,
         collate_fn=BatchCollate(augmentation if mode == "batch" else None, args.output == "float"),
         drop_last=False,
     )

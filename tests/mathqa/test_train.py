@@ -1,12 +1,14 @@
 """End-to-end MathQA runs on a tiny generated set: metrics, predictions, resume, early stopping."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from col775.core.config import load_config
-from col775.mathqa import score, synthetic
-from col775.mathqa.train import MathqaConfig, decode_run, train_model
+from col775.mathqa import programs, score, synthetic
+from col775.mathqa.train import MathqaConfig, train_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,8 +43,14 @@ def test_run_writes_metrics_predictions_and_resumes(folder, tmp_path):
     (out / "metrics.json").unlink()  # as if killed after the last epoch: resumes, decodes again
     assert train_model(tiny(folder), out) == metrics
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
-    beam1 = decode_run(out, "test", beam_size=1)
-    assert set(beam1) == set(metrics["test"]) and (out / "predictions" / "test_beam1.json").is_file()
+    printed = subprocess.run([sys.executable, "-m", "col775", "mathqa", "decode", str(out), "--split", "test",
+                              "--beam-size", "1", "--grammar"], capture_output=True, text=True, check=True).stdout
+    beam1 = json.loads(printed)
+    assert set(beam1) == set(metrics["test"]) | {"executable", "n"} and beam1["n"] == 12
+    saved = score.load_submission(out / "predictions" / "test_beam1_grammar.json")
+    assert score.score_records(saved)[0]["exact_match"] == pytest.approx(beam1["exact_match"])
+    for record in saved:  # the grammar's promise: every prediction is a well-formed program
+        assert programs.parse_program(record["predicted"])
 
 
 def test_early_stopping_without_learning(folder, tmp_path):

@@ -109,4 +109,33 @@ def _run_study(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = (_add_score, _add_train, _add_study)
+def _add_decode(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "decode",
+        help="decode a trained run again with another beam size or grammar setting",
+        description="Decode SPLIT of a trained run folder from its best checkpoint, write "
+                    "RUN/predictions/<split>_beam<k>_<grammar|free>.json (the course's submission format) "
+                    "and print the scores as JSON (percentages; 'executable' is the share of predictions "
+                    "that run at all). Scores are cached in RUN/decodings.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("run", type=Path, help="a run folder written by `col775 mathqa train`")
+    parser.add_argument("--split", default="dev", help="dev, test (when the data has it) or train")
+    parser.add_argument("--beam-size", type=int, default=10)
+    parser.add_argument("--grammar", action=argparse.BooleanOptionalAction, default=False,
+                        help="allow only well-formed programs")
+    parser.add_argument("--device", default="auto")
+    parser.set_defaults(handler=_run_decode)
+
+
+def _run_decode(args: argparse.Namespace) -> int:
+    from col775.mathqa.study import Decoding, decode
+
+    if not (args.run / "metrics.json").is_file():
+        raise SystemExit(f"{args.run} has no metrics.json: train it to the end first (`col775 mathqa train --out {args.run}`)")
+    wanted = Decoding(args.split, args.beam_size, args.grammar)
+    print(json.dumps(decode(args.run, [wanted], args.device)[wanted.name], indent=2))
+    return 0
+
+
+_COMMANDS = (_add_score, _add_train, _add_study, _add_decode)

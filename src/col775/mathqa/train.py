@@ -328,17 +328,3 @@ def load_trained(out_dir: str | Path, device: str = "auto") -> tuple[Seq2Seq, Ma
     model = make_model(config, prepared, pick_device(device))
     RunDir(out_dir, to_dict(config)).load_best({"model": model})
     return model, config, prepared
-
-
-def decode_run(out_dir: str | Path, split: str, beam_size: int, device: str = "auto") -> dict[str, float]:
-    """Decode ``split`` with another beam size from a trained run (the beam-size study); writes
-    ``predictions/<split>_beam<k>.json`` and returns its scores."""
-    model, config, prepared = load_trained(out_dir, device)
-    if split not in prepared.splits:
-        raise ValueError(f"the run's data has no {split!r} split (it has {sorted(prepared.splits)})")
-    loader = data.make_loader(prepared.splits[split], config.eval_batch_size, shuffle=False,
-                              wordpiece_pad_id=prepared.wordpiece_pad_id)
-    records, predicted = predict(model, loader, next(model.parameters()).device, beam_size, config.max_decode_len,
-                                 config.length_penalty, config.grammar, desc=f"{split} beam {beam_size}")
-    data.write_predictions(Path(out_dir) / "predictions" / f"{split}_beam{beam_size}.json", records, predicted)
-    return scores(records, predicted)
