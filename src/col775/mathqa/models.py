@@ -28,6 +28,13 @@ decoder step; every ``DecoderState`` field has the batch on dim 0 and
 Teacher forcing in ``forward(batch, teacher_forcing=p)`` is drawn per example and per
 step: at every step each example independently gets the gold previous token with
 probability p and its own argmax otherwise.
+
+Where the time goes, and the three places shaped by it (each tested against the plain
+formulation): ``LSTMEncoder`` runs each direction over the padded batch (packed
+sequences were 2.5x slower on the CPU); ``forward`` attends through
+``attention.SharedMemory``, which forms the memory's gradient once per batch instead of
+once per decoder step; ``start`` without gradients in eval mode attaches
+``folded.FoldedDecoder``, the step rearranged for decoding.
 """
 
 from __future__ import annotations
