@@ -162,17 +162,20 @@ def test_encoder_equals_pytorch_bidirectional_lstm_on_each_problem_alone():
     with torch.no_grad():
         for layer, (ahead, back) in enumerate(zip(encoder.forward_layers, encoder.backward_layers)):
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                getattr(reference, f"{name}_l{layer}").copy_(getattr(ahead, f"{name}_l0"))
-                getattr(reference, f"{name}_l{layer}_reverse").copy_(getattr(back, f"{name}_l0"))
-    batch, _, _ = make_batch(RECORDS[:6])
+                getattr(reference, f"{name}_l{layer}").copy_(getattr(ahead.lstm, f"{name}_l0"))
+                getattr(reference, f"{name}_l{layer}_reverse").copy_(getattr(back.lstm, f"{name}_l0"))
+    records = sorted(RECORDS[:6], key=lambda r: len(r["Problem"]))  # lengths differ: real padding
+    batch, _, _ = make_batch(records)
+    assert len(set(batch.src_lengths.tolist())) > 3
     encoded = encoder(batch)
     for i, length in enumerate(batch.src_lengths.tolist()):
         x = encoder.embedding(batch.src[i : i + 1, :length])
-        out, (h, _) = reference(x)  # one unpadded problem: PyTorch's own bidirectional LSTM
+        out, (h, c) = reference(x)  # one unpadded problem: PyTorch's own bidirectional LSTM
         torch.testing.assert_close(encoded.memory[i, :length], out[0], rtol=1e-10, atol=1e-10)
         assert encoded.memory[i, length:].abs().sum() == 0
-        summary = h.view(2, 48)  # [layers, forward final ; backward final]
-        torch.testing.assert_close(encoded.h[i], summary, rtol=1e-10, atol=1e-10)
+        # final states [layers, forward ; backward]: h read at the last real token, c held through the padding
+        torch.testing.assert_close(encoded.h[i], h.view(2, 48), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(encoded.c[i], c.view(2, 48), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("kind", ["lstm_attn", "bert_frozen"])

@@ -31,7 +31,7 @@ probability p and its own argmax otherwise.
 
 Where the time goes, and the three places shaped by it (each tested against the plain
 formulation): ``LSTMEncoder`` runs each direction over the padded batch (packed
-sequences were 2.5x slower on the CPU); ``forward`` attends through
+sequences were 2.5x slower on the CPU; ``padded_lstm.py`` keeps the final states exact); ``forward`` attends through
 ``attention.SharedMemory``, which forms the memory's gradient once per batch instead of
 once per decoder step; ``start`` without gradients in eval mode attaches
 ``folded.FoldedDecoder``, the step rearranged for decoding.
@@ -50,6 +50,7 @@ from torch import nn
 from col775.mathqa.attention import SharedMemory, attend
 from col775.mathqa.data import MAX_NUMBERS, Batch, Vocab, placeholder
 from col775.mathqa.folded import FoldedDecoder
+from col775.mathqa.padded_lstm import PaddedLSTM
 from col775.mathqa.embeddings import PretrainedEmbedding, build_embedding_matrix
 
 KINDS = ("lstm", "lstm_attn", "bert_frozen", "bert_finetune")
@@ -137,15 +138,16 @@ class Encoded:
 class LSTMEncoder(nn.Module):
     """Bidirectional LSTM over word embeddings, run on the padded batch.
 
-    Each layer is two one-directional LSTMs: ``forward_layers[l]`` reads the tokens in order,
-    ``backward_layers[l]`` reads each problem's tokens reversed within its own length, so that
-    for both the padding comes after the real tokens and cannot reach them; their outputs are
-    concatenated per position (zero at padding). Why not ``nn.LSTM(bidirectional=True)``: on a
-    padded batch its backward direction would read the padding first, and on a packed batch its
-    CPU kernels took 2.5x as long as two padded runs (its backward pass dominated a training step).
-    The summary that starts the decoder is, per layer, each direction's output after its last
-    token (the forward one at position length-1, the backward one at position 0); it serves as
-    both ``h`` and ``c`` of ``Encoded`` (the decoder's bridge projects each).
+    Each layer is two one-directional LSTMs (``padded_lstm.PaddedLSTM``): ``forward_layers[l]``
+    reads the tokens in order, ``backward_layers[l]`` reads each problem's tokens reversed
+    within its own length, so that for both the padding comes after the real tokens and cannot
+    reach them; their outputs are concatenated per position (zero at padding). Why not
+    ``nn.LSTM(bidirectional=True)``: on a padded batch its backward direction would read the
+    padding first, and on a packed batch its CPU kernels took 2.5x as long as two padded runs.
+    The summary that starts the decoder is, per layer, each direction's state after its last
+    token (the forward one at position length-1, the backward one at position 0): ``h`` from the
+    outputs there, ``c`` held through the padding. Equal to ``nn.LSTM(bidirectional=True)`` on
+    each problem alone (tested).
     """
 
     def __init__(self, embedding: PretrainedEmbedding, hidden_size: int, num_layers: int, dropout: float):
@@ -155,8 +157,8 @@ class LSTMEncoder(nn.Module):
         self.num_layers = num_layers
         self.hidden_size = hidden_size
         sizes = [embedding.embedding_dim] + [2 * hidden_size] * (num_layers - 1)
-        self.forward_layers = nn.ModuleList(nn.LSTM(size, hidden_size, batch_first=True) for size in sizes)
-        self.backward_layers = nn.ModuleList(nn.LSTM(size, hidden_size, batch_first=True) for size in sizes)
+        self.forward_layers = nn.ModuleList(PaddedLSTM(size, hidden_size) for size in sizes)
+        self.backward_layers = nn.ModuleList(PaddedLSTM(size, hidden_size) for size in sizes)
         self.inter_layer_dropout = dropout if num_layers > 1 else 0.0  # as nn.LSTM's dropout argument
         self.memory_dim = self.summary_dim = 2 * hidden_size
 
@@ -173,17 +175,18 @@ class LSTMEncoder(nn.Module):
 
         last = (lengths - 1).view(-1, 1, 1).expand(-1, 1, self.hidden_size)
         x = self.dropout(self.embedding(src))  # [B, S, E]
-        summaries = []
+        hs, cs = [], []
         for layer, (ahead, back) in enumerate(zip(self.forward_layers, self.backward_layers)):
             if layer > 0:
                 x = nn.functional.dropout(x, self.inter_layer_dropout, self.training)
-            out_ahead, _ = ahead(x)
-            out_back = flip(back(flip(x))[0])
+            out_ahead, c_ahead = ahead(x, ~mask)
+            out_back, c_back = back(flip(x), ~mask)
+            out_back = flip(out_back)
             x = torch.cat([out_ahead, out_back], dim=-1)  # [B, S, 2H]
-            summaries.append(torch.cat([out_ahead.gather(1, last).squeeze(1), out_back[:, 0]], dim=-1))
+            hs.append(torch.cat([out_ahead.gather(1, last).squeeze(1), out_back[:, 0]], dim=-1))
+            cs.append(torch.cat([c_ahead, c_back], dim=-1))
         memory = x.masked_fill(~mask.unsqueeze(-1), 0.0)
-        summary = torch.stack(summaries, dim=1)  # [B, layers, 2H]
-        return Encoded(memory, mask, summary, summary)
+        return Encoded(memory, mask, torch.stack(hs, dim=1), torch.stack(cs, dim=1))  # summaries [B, layers, 2H]
 
 
 def default_encoder_path() -> Path:
