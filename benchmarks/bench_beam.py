@@ -2,10 +2,12 @@
 
 Claims (targets): at batch 64, batching the beam search over batch x beam is at least 10x
 faster than running it example by example, and costs at most 4x greedy decoding of the
-same batch. The model is the project's own attention LSTM (``models.build_model("lstm_attn")``,
-random weights, hidden 256, target vocabulary of about 100 tokens, source length 40);
-with random weights hypotheses rarely end early, so every search runs close to max_len,
-the worst case for beam search. Times are the best of a few repeats on this CPU.
+same batch. By default the model is the project's own attention LSTM
+(``models.build_model("lstm_attn")``, random weights, hidden 256 or ``--hidden``, target
+vocabulary of about 100 tokens, source length 40); with random weights hypotheses rarely end
+early, so every search runs close to max_len, the worst case for beam search. ``--run DIR``
+times a trained run's model on its first 64 dev problems instead, where programs end and
+examples leave the batch as in real use. Times are the best of a few repeats on this CPU.
 
 What bounds the first ratio: both searches advance the same hypotheses through the same
 decoder steps; batching saves only the per-call overhead of the small ones. The script also
@@ -19,7 +21,7 @@ Each is timed twice: with ``models.DecoderState`` as it is, whose ``select_beams
 back-pointers, and with a wrapper that hides ``select_beams``, so that every step copies
 them for all B*k rows.
 
-    .venv/bin/python benchmarks/bench_beam.py [--quick]
+    .venv/bin/python benchmarks/bench_beam.py [--quick] [--threads N] [--hidden H | --run DIR]
 """
 
 from __future__ import annotations
@@ -28,15 +30,17 @@ import argparse
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from col775.mathqa import programs
+from col775.mathqa import data, programs
 from col775.mathqa.beam import beam_search, greedy_search
 from col775.mathqa.data import Batch, Vocab
 from col775.mathqa.grammar import ProgramGrammar
 from col775.mathqa.models import ModelConfig, Seq2Seq, build_model
+from col775.mathqa.train import load_trained
 
 
 @dataclass
@@ -119,36 +123,54 @@ def make_batch(batch_size: int, src_len: int, src_vocab_size: int, seed: int) ->
                  tgt_lengths=torch.full((batch_size,), 2))
 
 
+def make_batch_row(batch: Batch, i: int) -> Batch:
+    return Batch(src=batch.src[i : i + 1], src_lengths=batch.src_lengths[i : i + 1],
+                 tgt=batch.tgt[i : i + 1], tgt_lengths=batch.tgt_lengths[i : i + 1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch 16, max_len 20, one repeat")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--hidden", type=int, default=256, help="decoder size (256: the course preset, 128: the demo)")
+    parser.add_argument("--run", type=Path, help="a trained MathQA run folder: time its model on its first dev problems "
+                        "(hypotheses then end and examples stop early, as in real use) instead of random weights")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     batch_size, max_len, repeats = (16, 20, 1) if args.quick else (64, 40, 3)
     beam_size, src_len = 10, 40
 
-    torch.manual_seed(0)
-    tgt_itos = [*Vocab.specials, *programs.OPERATIONS, "|", *programs.CONSTANTS[:20],
-                *(f"n{k}" for k in range(12)), *(f"#{k}" for k in range(10))]
-    tgt_vocab = Vocab(tgt_itos)
-    src_vocab = Vocab([*Vocab.specials, *(f"w{i}" for i in range(2000))])
-    model = build_model("lstm_attn", src_vocab, tgt_vocab, ModelConfig(glove="random", hidden_size=args.hidden)).eval()
-    batch = make_batch(batch_size, src_len, len(src_vocab), seed=1)
-    num_numbers = torch.randint(1, 8, (batch_size,), generator=torch.Generator().manual_seed(2))
+    if args.run is not None:
+        model, config, prepared = load_trained(args.run, "cpu")
+        model.eval()
+        tgt_vocab, max_len = model.tgt_vocab, config.max_decode_len
+        examples = prepared.splits["dev"][:batch_size]
+        batch = data.collate(examples, wordpiece_pad_id=prepared.wordpiece_pad_id)
+        num_numbers = torch.tensor([len(programs.extract_numbers(r["Problem"])) for r in batch.records])
+        described = f"trained {config.model} from {args.run} (hidden {config.hidden_size}), its first {len(batch)} dev problems"
+    else:
+        torch.manual_seed(0)
+        tgt_itos = [*Vocab.specials, *programs.OPERATIONS, "|", *programs.CONSTANTS[:20],
+                    *(f"n{k}" for k in range(12)), *(f"#{k}" for k in range(10))]
+        tgt_vocab = Vocab(tgt_itos)
+        src_vocab = Vocab([*Vocab.specials, *(f"w{i}" for i in range(2000))])
+        model = build_model("lstm_attn", src_vocab, tgt_vocab, ModelConfig(glove="random", hidden_size=args.hidden))
+        model.eval()
+        batch = make_batch(batch_size, src_len, len(src_vocab), seed=1)
+        num_numbers = torch.randint(1, 8, (batch_size,), generator=torch.Generator().manual_seed(2))
+        described = f"attention LSTM (hidden {args.hidden}, random weights), source length {src_len}"
     grammar = ProgramGrammar(tgt_vocab.itos, tgt_vocab.eos_id, tgt_vocab.pad_id, tgt_vocab.bos_id)
-    singles = [Batch(src=batch.src[i : i + 1], src_lengths=batch.src_lengths[i : i + 1],
-                     tgt=batch.tgt[i : i + 1], tgt_lengths=batch.tgt_lengths[i : i + 1]) for i in range(batch_size)]
+    singles = [data.collate([example], wordpiece_pad_id=prepared.wordpiece_pad_id) for example in examples] \
+        if args.run is not None else [make_batch_row(batch, i) for i in range(len(batch))]
 
     with torch.inference_mode():
         same = [[h.tokens for h in hs] for hs in beam_search(model, batch, beam_size, max_len)] == [
             [h.tokens for h in hs] for hs in beam_search(GatherAllModel(model), batch, beam_size, max_len)]
     if not same:
         raise RuntimeError("select_beams changed the beam search result")
-    print(f"attention LSTM (hidden {args.hidden}), target vocab {len(tgt_vocab)}, source length {src_len}, "
-          f"batch {batch_size}, beam {beam_size}, max_len {max_len}, torch threads {torch.get_num_threads()}")
+    print(f"{described}, target vocab {len(tgt_vocab)}, "
+          f"batch {len(batch)}, beam {beam_size}, max_len {max_len}, torch threads {torch.get_num_threads()}")
     for name, decoder in (("models.Seq2Seq", model), ("same, state without select_beams", GatherAllModel(model))):
         with torch.inference_mode():
             greedy = best_time(lambda: greedy_search(decoder, batch, max_len), repeats)
