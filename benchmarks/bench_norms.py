@@ -86,9 +86,11 @@ def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> 
     return step
 
 
-def report(name: str, ours: float, base: float, target: float) -> None:
+def report(name: str, ours: float, base: float, target: float, quick: bool) -> None:
     ratio = ours / base
     verdict = "ok" if ratio <= target else "over target"
+    if quick:  # small tensors: fixed per-call costs dominate, so the target says nothing here
+        verdict = "the target is for the full run"
     print(f"{name:<28} ours {ours * 1e3:8.1f} ms   torch {base * 1e3:8.1f} ms   "
           f"ratio {ratio:5.2f}x  (target <= {target}x, {verdict})")
 
@@ -109,7 +111,7 @@ def main() -> None:
         ours = make_norm(kind, shape[1], **({"rho_init": 0.5} if kind == "bin" else {}))
         base = torch_baseline(kind, shape[1])
         t_ours, t_base = paired_medians(norm_step(ours, x, grad), norm_step(base, x, grad), repeats)
-        report(f"{kind} fwd+bwd", t_ours, t_base, 1.5)
+        report(f"{kind} fwd+bwd", t_ours, t_base, 1.5, args.quick)
 
     images = torch.randn(batch, 3, size, size)
     labels = torch.randint(0, 25, (batch,))
@@ -122,7 +124,7 @@ def main() -> None:
         train_step(models["torch_bn"], images, labels),
         max(3, repeats // 3),
     )
-    report(f"ResNet n=2 step {batch}x{size}^2", t_ours, t_base, 1.2)
+    report(f"ResNet n=2 step {batch}x{size}^2", t_ours, t_base, 1.2, args.quick)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="16 images")
     args = parser.parse_args()
     count = 16 if args.quick else args.images
+    if not (args.run / "checkpoints").is_dir():
+        print(f"skipped: no trained slot-diffusion run at {args.run} "
+              f"(make one with `col775 slots train-diffusion --out {args.run}`, or pass --run)")
+        return
 
     config = run_config(args.run)
     device = pick_device(config.device)
