@@ -7,7 +7,8 @@ depend on the one before) over one memory for the whole sequence.
 Why ``SharedMemory`` exists: with plain autograd every step's backward hands the memory a
 gradient of the memory's full size, ``[B, S, H]`` for the keys and ``[B, S, Dm]`` for the
 values, and autograd adds them up one step at a time: T steps of a MathQA program mean T
-large additions and copies, which were about 40% of a training step on the CPU. The
+large additions and copies (without them a training step of the attention model on the CPU
+took 0.91x the time, measured on real MathQA batches). The
 memory's gradient is a sum over steps of outer products,
 
     dK = sum_t dS_t^T q_t        dV = sum_t a_t^T dC_t
