@@ -178,6 +178,26 @@ def test_encoder_equals_pytorch_bidirectional_lstm_on_each_problem_alone():
         torch.testing.assert_close(encoded.c[i], c.view(2, 48), rtol=1e-10, atol=1e-10)
 
 
+def test_checkpoints_of_the_bidirectional_nn_lstm_encoder_still_load():
+    """Before padded_lstm.py the encoder was one nn.LSTM(bidirectional=True) named ``lstm``: its
+    state dict (weight_ih_l1_reverse, ...) loads into the new layout and gives the same outputs."""
+    model = tiny("lstm_attn")
+    old_layout = {}
+    for key, value in model.state_dict().items():
+        for side, suffix in (("forward_layers", ""), ("backward_layers", "_reverse")):
+            if key.startswith(f"encoder.{side}."):
+                layer, name = key.split(".")[2], key.split(".")[4].removesuffix("_l0")
+                key = f"encoder.lstm.{name}_l{layer}{suffix}"
+        old_layout[key] = value
+    assert "encoder.lstm.weight_hh_l1_reverse" in old_layout
+    torch.manual_seed(1)
+    fresh = build_model("lstm_attn", model.src_vocab, model.tgt_vocab, TINY).eval()
+    fresh.load_state_dict(old_layout)
+    batch, _, _ = make_batch(RECORDS[:4])
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(batch), model(batch))
+
+
 @pytest.mark.parametrize("kind", ["lstm_attn", "bert_frozen"])
 def test_training_gradients_equal_plain_autograd_through_every_step(kind, request):
     """forward() attends through attention.SharedMemory (memory gradient formed once, not per step);

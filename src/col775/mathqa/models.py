@@ -162,6 +162,16 @@ class LSTMEncoder(nn.Module):
         self.inter_layer_dropout = dropout if num_layers > 1 else 0.0  # as nn.LSTM's dropout argument
         self.memory_dim = self.summary_dim = 2 * hidden_size
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Checkpoints from before the padded encoder hold one ``nn.LSTM(bidirectional=True)`` as
+        ``lstm.<name>_l<k>[_reverse]``; those are the same weights under other names."""
+        for key in [k for k in state_dict if k.startswith(prefix + "lstm.")]:
+            name, _, layer = key[len(prefix + "lstm."):].partition("_l")
+            layer, reverse = layer.removesuffix("_reverse"), layer.endswith("_reverse")
+            side = "backward_layers" if reverse else "forward_layers"
+            state_dict[f"{prefix}{side}.{layer}.lstm.{name}_l0"] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, batch: Batch) -> Encoded:
         src = batch.src
         lengths = batch.src_lengths.to(src.device)
