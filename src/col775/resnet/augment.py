@@ -23,11 +23,13 @@ import math
 import torch
 from torchvision.ops import roi_align
 
+from col775.resnet.data import CROP_SCALE
+
 
 class BatchAugment:
     """(B, 3, H, W) images (uint8 or float, 0-255) -> float (B, 3, size, size), each image cropped and flipped on its own."""
 
-    def __init__(self, size: int, scale: tuple[float, float] = (0.6, 1.0),
+    def __init__(self, size: int, scale: tuple[float, float] = CROP_SCALE,
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: float = 0.5):
         if not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"crop scale must satisfy 0 < low <= high <= 1, got {scale}")

@@ -345,7 +345,10 @@ def denormalize(images: torch.Tensor) -> torch.Tensor:
     return (images * std + mean).clamp(0.0, 1.0)
 
 
-def train_transform(image_size: int, crop_scale: tuple[float, float] = (0.6, 1.0)) -> v2.Compose:
+CROP_SCALE = (0.6, 1.0)  # area fraction of the random resized crop, for every augmentation mode
+
+
+def train_transform(image_size: int, crop_scale: tuple[float, float] = CROP_SCALE) -> v2.Compose:
     """Training augmentation on uint8 tensors (C, H, W) or (B, C, H, W): resized crop and flip.
 
     On a batch tensor v2 draws one crop and one flip for the whole batch.
@@ -409,7 +412,6 @@ class CachedImageDataset(Dataset):
         as PyTorch's default collate does, so that handing it to the main process copies nothing).
         """
         rows = self.indices[np.asarray(indices, dtype=np.int64)]
-        labels = torch.from_numpy(self.cache.labels[rows].astype(np.int64))
         pixels = torch.empty((len(rows), *self.cache.shape[1:]), dtype=torch.uint8)  # (B, H, W, 3)
         if self.transform is None and get_worker_info() is not None:
             pixels.share_memory_()
@@ -417,6 +419,7 @@ class CachedImageDataset(Dataset):
         if self.transform is not None:
             return [self._finish(image, int(row)) for image, row in zip(pixels, rows)]
         images = pixels.permute(0, 3, 1, 2)  # (B, 3, H, W) view, channels-last strides
+        labels = torch.from_numpy(self.cache.labels[rows].astype(np.int64))
         return SampleBatch(normalize(images) if self.as_float else images, labels)
 
 
@@ -517,7 +520,7 @@ def build_loaders(
     batch_size: int = 32,
     eval_batch_size: int | None = None,
     augment: Augment = "sample",
-    crop_scale: tuple[float, float] = (0.6, 1.0),
+    crop_scale: tuple[float, float] = CROP_SCALE,
     num_workers: int = 0,
     test_fraction: float = 0.1,
     seed: int = 0,

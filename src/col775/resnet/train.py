@@ -195,7 +195,7 @@ def train_epoch(model, loader, optimizer, scheduler, config: ResnetConfig, devic
     seen, start = 0, time.perf_counter()
     limit = config.max_steps_per_epoch or None
     total = min(len(loader), limit) if limit else len(loader)
-    augment = BatchAugment(config.image_size) if config.augment == "device" else None  # same crop range as train_transform
+    augment = BatchAugment(config.image_size) if config.augment == "device" else None
     for step, (images, targets) in enumerate(progress(loader, f"epoch {epoch + 1} train", total=total)):
         if limit and step >= limit:
             break
