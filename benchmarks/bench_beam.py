@@ -21,7 +21,10 @@ Each is timed twice: with ``models.DecoderState`` as it is, whose ``select_beams
 back-pointers, and with a wrapper that hides ``select_beams``, so that every step copies
 them for all B*k rows.
 
-    .venv/bin/python benchmarks/bench_beam.py [--quick] [--threads N] [--hidden H | --run DIR]
+``--device cuda`` runs the same comparison on a GPU (the timed regions end with a
+synchronisation), where the one-example steps are bound by kernel launches rather than arithmetic.
+
+    .venv/bin/python benchmarks/bench_beam.py [--quick] [--threads N] [--device D] [--hidden H | --run DIR]
 """
 
 from __future__ import annotations
@@ -94,8 +97,9 @@ def decoder_floor(model: Seq2Seq, batch: Batch, beam_size: int, max_len: int, re
     counter = RowCounter(model)
     beam_search(counter, batch, beam_size, max_len)
     width = len(batch) * beam_size
-    state = model.start(batch).index_select(torch.arange(len(batch)).repeat_interleave(beam_size))
-    prev = torch.randint(4, len(model.tgt_vocab), (width,), generator=torch.Generator().manual_seed(3))
+    device = batch.src.device
+    state = model.start(batch).index_select(torch.arange(len(batch), device=device).repeat_interleave(beam_size))
+    prev = torch.randint(4, len(model.tgt_vocab), (width,), generator=torch.Generator().manual_seed(3)).to(device)
     steps = 20
     wall, _ = best_time(lambda: [model.step(prev, state) for _ in range(steps)], repeats)
     return wall / (steps * width) * sum(counter.rows)
@@ -108,11 +112,23 @@ def best_time(run: Callable[[], object], repeats: int) -> tuple[float, float]:
     """
     walls, cpus = [], []
     for _ in range(repeats):
+        synchronize()
         wall, cpu = time.perf_counter(), time.process_time()
         run()
+        synchronize()
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
     return min(walls), min(cpus)
+
+
+def describe(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work, so that a timed region holds its kernels (a no-op on the CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def make_batch(batch_size: int, src_len: int, src_vocab_size: int, seed: int) -> Batch:
@@ -135,18 +151,20 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256, help="decoder size (256: the course preset, 128: the demo)")
     parser.add_argument("--run", type=Path, help="a trained MathQA run folder: time its model on its first dev problems "
                         "(hypotheses then end and examples stop early, as in real use) instead of random weights")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     batch_size, max_len, repeats = (16, 20, 1) if args.quick else (64, 40, 3)
     beam_size, src_len = 10, 40
 
     if args.run is not None:
-        model, config, prepared = load_trained(args.run, "cpu")
+        model, config, prepared = load_trained(args.run, args.device)
         model.eval()
         tgt_vocab, max_len = model.tgt_vocab, config.max_decode_len
         examples = prepared.splits["dev"][:batch_size]
-        batch = data.collate(examples, wordpiece_pad_id=prepared.wordpiece_pad_id)
+        batch = data.collate(examples, wordpiece_pad_id=prepared.wordpiece_pad_id).to(device)
         num_numbers = torch.tensor([len(programs.extract_numbers(r["Problem"])) for r in batch.records])
         described = f"trained {config.model} from {args.run} (hidden {config.hidden_size}), its first {len(batch)} dev problems"
     else:
@@ -156,12 +174,12 @@ def main() -> None:
         tgt_vocab = Vocab(tgt_itos)
         src_vocab = Vocab([*Vocab.specials, *(f"w{i}" for i in range(2000))])
         model = build_model("lstm_attn", src_vocab, tgt_vocab, ModelConfig(glove="random", hidden_size=args.hidden))
-        model.eval()
-        batch = make_batch(batch_size, src_len, len(src_vocab), seed=1)
+        model.eval().to(device)
+        batch = make_batch(batch_size, src_len, len(src_vocab), seed=1).to(device)
         num_numbers = torch.randint(1, 8, (batch_size,), generator=torch.Generator().manual_seed(2))
         described = f"attention LSTM (hidden {args.hidden}, random weights), source length {src_len}"
     grammar = ProgramGrammar(tgt_vocab.itos, tgt_vocab.eos_id, tgt_vocab.pad_id, tgt_vocab.bos_id)
-    singles = [data.collate([example], wordpiece_pad_id=prepared.wordpiece_pad_id) for example in examples] \
+    singles = [data.collate([example], wordpiece_pad_id=prepared.wordpiece_pad_id).to(device) for example in examples] \
         if args.run is not None else [make_batch_row(batch, i) for i in range(len(batch))]
 
     with torch.inference_mode():
@@ -170,7 +188,8 @@ def main() -> None:
     if not same:
         raise RuntimeError("select_beams changed the beam search result")
     print(f"{described}, target vocab {len(tgt_vocab)}, "
-          f"batch {len(batch)}, beam {beam_size}, max_len {max_len}, torch threads {torch.get_num_threads()}")
+          f"batch {len(batch)}, beam {beam_size}, max_len {max_len}, device {describe(device)}, "
+          f"torch threads {torch.get_num_threads()}")
     for name, decoder in (("models.Seq2Seq", model), ("same, state without select_beams", GatherAllModel(model))):
         with torch.inference_mode():
             greedy = best_time(lambda: greedy_search(decoder, batch, max_len), repeats)
