@@ -66,3 +66,32 @@ def test_bert_run_and_presets(folder, tmp_path):
     for preset in ("demo", "course"):
         config = load_config(MathqaConfig, "mathqa", preset, {})
         assert config.teacher_forcing == 0.6 and config.epochs > 0
+
+
+def test_amp_trains_in_bf16_and_follows_float32(folder):
+    """amp=True: the forward pass's products run in bf16 (seen at the output layer), the weights stay
+    float32, and a few epochs follow float32 training from the same start to within bf16's precision."""
+    import dataclasses
+
+    import torch
+
+    from col775.mathqa import train
+
+    losses, dtypes = {}, []
+    for amp in (False, True):
+        config = tiny(folder, amp=amp, lr=1e-2, teacher_forcing=1.0, dropout=0.0)
+        train.seed_everything(0)
+        prepared = train.prepare(config)
+        model = train.make_model(config, prepared, torch.device("cpu"))
+        hook = model.decoder.out.register_forward_hook(lambda module, args, out: dtypes.append((amp, out.dtype)))
+        loader = train.make_train_loader(prepared.splits["train"], config.batch_size, 0, 0)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        scheduler = train.build_scheduler(dataclasses.replace(config, warmup_steps=0), optimizer, 10**6)
+        losses[amp] = [train.train_epoch(model, loader, optimizer, scheduler, config, torch.device("cpu"), e)[0]
+                       for e in range(4)]
+        hook.remove()
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert {dtype for amp, dtype in dtypes if amp} == {torch.bfloat16}
+    assert {dtype for amp, dtype in dtypes if not amp} == {torch.float32}
+    assert losses[True][-1] < 0.8 * losses[True][0]  # it learns
+    assert losses[True] == pytest.approx(losses[False], rel=0.03)

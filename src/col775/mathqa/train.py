@@ -71,6 +71,10 @@ class MathqaConfig:
     warmup_steps: int = 200
     schedule: str = "cosine"  # cosine | none (after the linear warm-up)
     grad_clip: float = 1.0  # 0 turns clipping off
+    # bf16 autocast for the training forward pass (weights, gradients and the optimiser stay float32;
+    # evaluation and decoding run in float32). Worth it where bf16 matrix products are fast: CUDA, or a
+    # CPU with AVX512-BF16/AMX (1.5x the examples/s here); elsewhere bf16 is emulated and slower.
+    amp: bool = False
     teacher_forcing: float = 0.6
     patience: int = 5  # early stopping on dev execution accuracy; 0 turns it off
     max_steps_per_epoch: int = 0  # 0 uses every batch
@@ -198,7 +202,10 @@ def train_epoch(model: Seq2Seq, loader, optimizer, scheduler, config: MathqaConf
         if step >= limit:
             break
         batch = batch.to(device)
-        loss = sequence_loss(model(batch, config.teacher_forcing), batch)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
+            loss = sequence_loss(model(batch, config.teacher_forcing), batch)
+        # backward and the update outside autocast, as PyTorch advises: with them inside it, training
+        # diverged here (dev loss 14.4 instead of 1.44 after 300 steps; forward-only bf16 tracks float32)
         optimise(loss, optimizer, f"epoch {epoch + 1}, step {step + 1}", config.grad_clip, model.parameters())
         scheduler.step()
         count = int((batch.tgt[:, 1:] != 0).sum())
