@@ -43,7 +43,7 @@ from col775.mathqa.beam import beam_search, greedy_search
 from col775.mathqa.data import Batch, Vocab
 from col775.mathqa.grammar import ProgramGrammar
 from col775.mathqa.models import ModelConfig, Seq2Seq, build_model
-from col775.mathqa.train import load_trained
+from col775.mathqa.train import load_trained, number_counts
 
 
 @dataclass
@@ -165,7 +165,7 @@ def main() -> None:
         tgt_vocab, max_len = model.tgt_vocab, config.max_decode_len
         examples = prepared.splits["dev"][:batch_size]
         batch = data.collate(examples, wordpiece_pad_id=prepared.wordpiece_pad_id).to(device)
-        num_numbers = torch.tensor([len(programs.extract_numbers(r["Problem"])) for r in batch.records])
+        num_numbers = number_counts(batch.records)
         described = f"trained {config.model} from {args.run} (hidden {config.hidden_size}), its first {len(batch)} dev problems"
     else:
         torch.manual_seed(0)

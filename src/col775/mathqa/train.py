@@ -73,7 +73,7 @@ class MathqaConfig:
     grad_clip: float = 1.0  # 0 turns clipping off
     # bf16 autocast for the training forward pass (weights, gradients and the optimiser stay float32;
     # evaluation and decoding run in float32). Worth it where bf16 matrix products are fast: CUDA, or a
-    # CPU with AVX512-BF16/AMX (1.5x the examples/s here); elsewhere bf16 is emulated and slower.
+    # CPU with AVX512-BF16/AMX (1.4x the examples/s here); elsewhere bf16 is emulated and slower.
     amp: bool = False
     teacher_forcing: float = 0.6
     patience: int = 5  # early stopping on dev execution accuracy; 0 turns it off
@@ -227,6 +227,11 @@ def dev_loss(model: Seq2Seq, loader, device: torch.device) -> float:
     return total / max(tokens, 1)
 
 
+def number_counts(records: list[dict]) -> torch.Tensor:
+    """[N] how many numbers each problem has (the grammar allows ``nK`` only for K below it)."""
+    return torch.tensor([len(extract_numbers(r["Problem"])) for r in records])
+
+
 @torch.no_grad()
 def predict(model: Seq2Seq, loader, device: torch.device, beam_size: int, max_len: int,
             length_penalty: float = 1.0, grammar: bool = False, desc: str = "decode") -> tuple[list[dict], list[str]]:
@@ -237,7 +242,7 @@ def predict(model: Seq2Seq, loader, device: torch.device, beam_size: int, max_le
     records, predicted = [], []
     for batch in progress(loader, desc):
         batch = batch.to(device)
-        num_numbers = torch.tensor([len(extract_numbers(r["Problem"])) for r in batch.records]) if grammar else None
+        num_numbers = number_counts(batch.records) if grammar else None
         if beam_size == 1:
             outputs = greedy_search(model, batch, max_len, constraint, num_numbers)
         else:
