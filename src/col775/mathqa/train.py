@@ -179,7 +179,12 @@ def make_train_loader(examples: list[data.Example], batch_size: int, seed: int, 
 
     The decoder runs one step per target position, and it is most of a training step's cost;
     bucketing by target length cuts the padded decoder steps of a MathQA epoch by about 2.5x
-    compared with bucketing by source length (the encoder packs its padding away anyway).
+    compared with bucketing by source length. Why not by source length too: MathQA has many
+    problems written from one template, which share both lengths and the program, so batches
+    sorted by (target, source) hold many copies of one problem (27% repeated programs per batch
+    in pools of 200 batches, against 6% here). Measured on MathQA train: that sort cut the padded
+    source positions from 2.19x the real ones to 1.28x and trained 1.26x the examples per second,
+    but dev loss fell more slowly per epoch (0.717 against 0.650 after 8 epochs), which ate the gain.
     """
     sampler = data.BucketBatchSampler([len(e.tgt) for e in examples], batch_size, shuffle=True, seed=seed)
     return DataLoader(examples, batch_sampler=sampler,
