@@ -5,9 +5,9 @@ length (``models.length_groups``) makes a training step of the attention model f
 padded run over the batch, with the same results (tested in tests/mathqa/test_models.py). The
 training batches are the real loader's (grouped by program length, train.make_train_loader).
 The script prints the padded source positions of the timed batches relative to the real ones
-for both, then trains two copies of one model (same start, the recommended recipe: dropout 0.2,
-teacher forcing 0.9, bf16 autocast) on the same batches, alternating in rounds so that a change
-in machine load hits both, and prints examples per second and their ratio.
+for both, then trains two copies of one model (same start, dropout 0.2, teacher forcing 0.9,
+bf16 autocast) on the same batches, alternating in rounds so that a change in machine load
+hits both, and prints examples per second and their ratio.
 
     .venv/bin/python benchmarks/bench_mathqa_encoder.py [--data DIR] [--batches N] [--threads N] [--no-amp]
 
