@@ -1,7 +1,6 @@
 """Seq2seq models: shapes, the step interface, teacher forcing, padding, BERT offline, overfitting."""
 
 import dataclasses
-import itertools
 from pathlib import Path
 
 import pytest
@@ -9,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from col775.mathqa import data, synthetic
-from col775.mathqa.models import DecoderState, ModelConfig, build_model, greedy_decode, length_groups, load_tokenizer
+from col775.mathqa.models import DecoderState, ModelConfig, build_model, greedy_decode, load_tokenizer
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "mathqa"
 TINY = ModelConfig(hidden_size=24, num_layers=2, dropout=0.1, target_embedding_dim=16, glove="random",
@@ -367,45 +366,3 @@ def test_bad_encoder_path_is_a_clear_error(tmp_path):
     _, src, tgt = make_batch(RECORDS[:1])
     with pytest.raises(FileNotFoundError, match="not a transformers model folder"):
         build_model("bert_frozen", src, tgt, dataclasses.replace(TINY, encoder_path=str(tmp_path)))
-
-
-def test_length_groups_split_only_where_padding_costs_more_than_a_group():
-    assert length_groups([5, 5, 5, 5], group_cost=128) == [[0, 1, 2, 3]]
-    assert length_groups([300, 10, 12, 290], group_cost=20) == [[1, 2], [3, 0]]
-    assert length_groups([300, 10, 12, 290], group_cost=float("inf")) == [[1, 2, 3, 0]]
-    # brute force over every split of the sorted rows into runs
-    lengths = [37, 9, 120, 41, 11, 10, 95, 40]
-    order = sorted(range(8), key=lambda i: lengths[i])
-
-    def cost(groups, price):
-        return sum(len(g) * max(lengths[i] for i in g) + price for g in groups)
-
-    for price in (0, 30, 128, 1000):
-        groups = length_groups(lengths, price)
-        assert sorted(i for g in groups for i in g) == list(range(8))
-        best = min(cost([order[a:b] for a, b in zip((0, *cuts), (*cuts, 8))], price)
-                   for n in range(8) for cuts in itertools.combinations(range(1, 8), n))
-        assert cost(groups, price) == best
-
-
-def test_encoder_in_length_groups_equals_one_padded_run_in_outputs_and_gradients(monkeypatch):
-    model = tiny("lstm_attn").double().train()
-    model.encoder.dropout.p = 0.0
-    model.encoder.inter_layer_dropout = 0.0
-    records = sorted(RECORDS[:8], key=lambda r: -len(r["Problem"]) % 7)  # lengths differ and are unsorted
-    batch, _, _ = make_batch(records)
-    results = {}
-    for cost in (0, 10**9):  # every distinct length its own group / one group
-        monkeypatch.setattr(type(model.encoder), "group_cost", cost)
-        model.zero_grad()
-        encoded = model.encoder(batch)
-        weights = torch.randn(encoded.memory.shape, dtype=torch.double, generator=torch.Generator().manual_seed(2))
-        ((encoded.memory * weights).sum() + encoded.h.sum() + 2 * encoded.c.sum()).backward()
-        results[cost] = (encoded, [p.grad.clone() for p in model.encoder.parameters() if p.grad is not None])
-    (split, split_grads), (whole, whole_grads) = results[0], results[10**9]
-    assert len(length_groups(batch.src_lengths.tolist(), 0)) > 3
-    for name in ("memory", "mask", "h", "c"):
-        torch.testing.assert_close(getattr(split, name), getattr(whole, name), rtol=1e-10, atol=1e-10)
-    assert len(split_grads) == len(whole_grads) > 0
-    for a, b in zip(split_grads, whole_grads):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)

@@ -31,8 +31,7 @@ probability p and its own argmax otherwise.
 
 Where the time goes, and the three places shaped by it (each tested against the plain
 formulation): ``LSTMEncoder`` runs each direction over the padded batch (packed
-sequences were 2.5x slower on the CPU; ``padded_lstm.py`` keeps the final states exact), in
-groups of similar problem length (``length_groups``); ``forward`` attends through
+sequences were 2.5x slower on the CPU; ``padded_lstm.py`` keeps the final states exact); ``forward`` attends through
 ``attention.SharedMemory``, which forms the memory's gradient once per batch instead of
 once per decoder step; ``start`` without gradients in eval mode attaches
 ``folded.FoldedDecoder``, the step rearranged for decoding.
@@ -40,7 +39,6 @@ once per decoder step; ``start`` without gradients in eval mode attaches
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,17 +148,7 @@ class LSTMEncoder(nn.Module):
     token (the forward one at position length-1, the backward one at position 0): ``h`` from the
     outputs there, ``c`` held through the padding. Equal to ``nn.LSTM(bidirectional=True)`` on
     each problem alone (tested).
-
-    The padded run costs the batch size times its longest problem, and training batches are
-    grouped by *program* length (train.py), so their problems' lengths vary: on MathQA train
-    the padded positions were 2.19x the real ones. ``forward`` therefore runs the batch as a few
-    groups of similar length (``length_groups``) and pads their outputs back together, with the
-    same results. On MathQA training batches the padded positions fell from 2.16x the real ones
-    to 1.21x and a whole training step ran 1.09x the examples per second
-    (benchmarks/bench_mathqa_encoder.py, 2 threads, bf16).
     """
-
-    group_cost = 128  # what one more group costs, in padded positions (see length_groups)
 
     def __init__(self, embedding: PretrainedEmbedding, hidden_size: int, num_layers: int, dropout: float):
         super().__init__()
@@ -187,23 +175,6 @@ class LSTMEncoder(nn.Module):
     def forward(self, batch: Batch) -> Encoded:
         src = batch.src
         lengths = batch.src_lengths.to(src.device)
-        groups = length_groups(batch.src_lengths.tolist(), self.group_cost)
-        if len(groups) == 1:
-            return self._encode(src, lengths)
-        parts = []
-        for rows in groups:
-            index = torch.tensor(rows, device=src.device)
-            parts.append(self._encode(src.index_select(0, index)[:, : int(lengths[rows[-1]])], lengths[index]))
-        # back to the batch's order, the memory padded with zeros to the batch's length again
-        inverse = torch.argsort(torch.tensor([row for rows in groups for row in rows], device=src.device))
-        memory = torch.cat([nn.functional.pad(p.memory, (0, 0, 0, src.shape[1] - p.memory.shape[1]))
-                            for p in parts]).index_select(0, inverse)
-        h = torch.cat([p.h for p in parts]).index_select(0, inverse)
-        c = torch.cat([p.c for p in parts]).index_select(0, inverse)
-        return Encoded(memory, lengths[:, None] > torch.arange(src.shape[1], device=src.device), h, c)
-
-    def _encode(self, src: torch.Tensor, lengths: torch.Tensor) -> Encoded:
-        """The encoder on one padded batch ``src`` [B, S] of ``lengths`` [B]."""
         positions = torch.arange(src.shape[1], device=src.device)[None, :]
         mask = positions < lengths[:, None]  # [B, S]
         # reversal within each length (pads stay put); it is its own inverse
@@ -226,32 +197,6 @@ class LSTMEncoder(nn.Module):
             cs.append(torch.cat([c_ahead, c_back], dim=-1))
         memory = x.masked_fill(~mask.unsqueeze(-1), 0.0)
         return Encoded(memory, mask, torch.stack(hs, dim=1), torch.stack(cs, dim=1))  # summaries [B, layers, 2H]
-
-
-def length_groups(lengths: list[int], group_cost: float) -> list[list[int]]:
-    """Rows of a batch split into groups of similar length, each group's rows by length.
-
-    Minimises, over splits of the rows sorted by length, the sum over groups of
-    ``rows x longest + group_cost``: the padded positions the encoder runs plus a fixed price
-    per group (a run over few rows uses the CPU less well; 128 positions matched a timing of
-    MathQA training batches of 32: 4 groups of 8 and 2 of 16 took about the same time, both
-    about 0.7x one group); an infinite cost keeps one group. Dynamic programming over the
-    sorted lengths, O(rows^2).
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    sizes = [lengths[i] for i in order]
-    best = [0.0] + [math.inf] * len(sizes)  # best[j]: cheapest split of the first j sorted rows
-    cut = [0] * (len(sizes) + 1)
-    for j in range(1, len(sizes) + 1):
-        for i in range(j):
-            cost = best[i] + (j - i) * sizes[j - 1] + group_cost
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    groups, j = [], len(sizes)
-    while j > 0:
-        groups.append(order[cut[j]: j])
-        j = cut[j]
-    return groups[::-1]
 
 
 def default_encoder_path() -> Path:
