@@ -1,13 +1,15 @@
 """End-to-end MathQA runs on a tiny generated set: metrics, predictions, resume, early stopping."""
 
+import dataclasses
 import json
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from col775.core.config import load_config
-from col775.mathqa import programs, score, synthetic
+from col775.mathqa import data, programs, score, synthetic, train
 from col775.mathqa.train import MathqaConfig, train_model
 
 
@@ -24,6 +26,17 @@ def tiny(folder, **changes) -> MathqaConfig:
                     epochs=2, batch_size=16, eval_batch_size=16, lr=3e-3, warmup_steps=2, max_decode_len=20,
                     beam_size=2, device="cpu", patience=0)
     return MathqaConfig(**(settings | changes))
+
+
+def fresh_training(config: MathqaConfig):
+    """A new model from seed 0 with its train loader, Adam at ``config.lr`` and a flat schedule."""
+    train.seed_everything(0)
+    prepared = train.prepare(config)
+    model = train.make_model(config, prepared, torch.device("cpu"))
+    loader = train.make_train_loader(prepared.splits["train"], config.batch_size, 0, 0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = train.build_scheduler(dataclasses.replace(config, warmup_steps=0), optimizer, 10**6)
+    return model, loader, optimizer, scheduler
 
 
 def test_run_writes_metrics_predictions_and_resumes(folder, tmp_path):
@@ -71,22 +84,11 @@ def test_bert_run_and_presets(folder, tmp_path):
 def test_amp_trains_in_bf16_and_follows_float32(folder):
     """amp=True: the forward pass's products run in bf16 (seen at the output layer), the weights stay
     float32, and a few epochs follow float32 training from the same start to within bf16's precision."""
-    import dataclasses
-
-    import torch
-
-    from col775.mathqa import train
-
     losses, dtypes = {}, []
     for amp in (False, True):
         config = tiny(folder, amp=amp, lr=1e-2, teacher_forcing=1.0, dropout=0.0)
-        train.seed_everything(0)
-        prepared = train.prepare(config)
-        model = train.make_model(config, prepared, torch.device("cpu"))
+        model, loader, optimizer, scheduler = fresh_training(config)
         hook = model.decoder.out.register_forward_hook(lambda module, args, out: dtypes.append((amp, out.dtype)))
-        loader = train.make_train_loader(prepared.splits["train"], config.batch_size, 0, 0)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        scheduler = train.build_scheduler(dataclasses.replace(config, warmup_steps=0), optimizer, 10**6)
         losses[amp] = [train.train_epoch(model, loader, optimizer, scheduler, config, torch.device("cpu"), e)[0]
                        for e in range(4)]
         hook.remove()
@@ -100,12 +102,6 @@ def test_amp_trains_in_bf16_and_follows_float32(folder):
 def test_label_smoothing_objective_and_reported_loss(folder):
     """The smoothed objective equals (1 - e) * NLL + e * the mean of -log p over the vocabulary, written
     out by hand, at non-padding positions only; train_epoch still reports the plain cross-entropy."""
-    import dataclasses
-
-    import torch
-
-    from col775.mathqa import data, train
-
     torch.manual_seed(0)
     tgt = torch.tensor([[1, 5, 7, 2, 0, 0], [1, 3, 2, 0, 0, 0]])
     batch = data.Batch(src=tgt, src_lengths=torch.tensor([4, 3]), tgt=tgt, tgt_lengths=torch.tensor([4, 3]))
@@ -118,12 +114,7 @@ def test_label_smoothing_objective_and_reported_loss(folder):
 
     def one_epoch(smoothing: float, lr: float) -> tuple[float, torch.Tensor]:
         config = tiny(folder, lr=lr, label_smoothing=smoothing)
-        train.seed_everything(0)
-        prepared = train.prepare(config)
-        model = train.make_model(config, prepared, torch.device("cpu"))
-        loader = train.make_train_loader(prepared.splits["train"], config.batch_size, 0, 0)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        scheduler = train.build_scheduler(dataclasses.replace(config, warmup_steps=0), optimizer, 10**6)
+        model, loader, optimizer, scheduler = fresh_training(config)
         train.seed_everything(1)
         loss = train.train_epoch(model, loader, optimizer, scheduler, config, torch.device("cpu"), 0)[0]
         return loss, model.decoder.out.weight.detach().clone()
