@@ -71,3 +71,25 @@ def image_grid(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def history_curves(history: Sequence[dict], out_dir: str | Path) -> list[Path]:
+    """One PNG per logged quantity of a run's metrics.jsonl, its splits overlaid.
+
+    Keys are grouped by their last path part, so "train/loss" and "val/loss" share `loss.png`;
+    a key without a split ("lr") gets a figure of its own.
+    """
+    groups: dict[str, dict[str, tuple[list, list]]] = {}
+    for record in history:
+        for key, value in record.items():
+            if key == "epoch" or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            split, _, quantity = key.rpartition("/")
+            xs, ys = groups.setdefault(quantity, {}).setdefault(split or quantity, ([], []))
+            xs.append(record["epoch"])
+            ys.append(value)
+    paths = []
+    for quantity, series in sorted(groups.items()):
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in quantity)
+        paths.append(line_plot(series, Path(out_dir) / f"{safe}.png", title=quantity, ylabel=quantity))
+    return paths

@@ -6,7 +6,7 @@ Layout of a run folder:
     metrics.json       the final numbers; its presence marks the run finished
     checkpoints/       last.pt (every epoch) and best.pt, each written atomically
     tb/                TensorBoard events
-    plots/             figures of this run
+    plots/             this run's curves (one PNG per logged quantity), written when it finishes
 
 Checkpoints are written to a temporary file and renamed over the old one, so a run killed at any instant
 (SIGKILL included) leaves either the previous or the new checkpoint, never half of one; it loses at most
@@ -26,6 +26,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import yaml
+
+from col775.core.plots import history_curves
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +229,7 @@ class RunDir:
     def finish(self, metrics: dict[str, Any]) -> None:
         """Write the final numbers; from now on the same command does not train this run again."""
         if self.writes:
+            history_curves(self.history(), self.plots_dir)
             atomic_write_json(self.path / "metrics.json", metrics)
         self.close()
 
