@@ -179,7 +179,7 @@ def build_report(config: MathqaConfig, results: dict[str, dict], decoded: dict[s
         + f". Every model trains with teacher forcing {config.teacher_forcing} and, at the end, decodes with beam "
         f"search (k = {config.beam_size}, length penalty {config.length_penalty}) from the checkpoint with the best "
         "dev execution accuracy under greedy decoding. Dev therefore chose the model, and its scores, labelled "
-        f"'{split_role('dev')}', are not held-out estimates (they are likely optimistic)"
+        f"'{split_role('dev')}', are not held-out estimates (they may be optimistic)"
         + ("; test is held out" if "test" in splits else
            ". The data has no test split, so dev also stands in for test wherever the assignment asks for it "
            "(2.3.2 and 2.3.3)")
