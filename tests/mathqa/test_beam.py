@@ -5,23 +5,27 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
+from col775.mathqa import data, programs
 from col775.mathqa.beam import Hypothesis, beam_search, greedy_search
+from col775.mathqa.grammar import ProgramGrammar
 
-PAD, BOS, EOS = 0, 1, 2
+PAD, BOS, EOS, UNK = 0, 1, 2, 6
 WORDS = (3, 4, 5)  # the real tokens "a", "b", "c"
 
 
 @dataclass
 class Vocab:
-    itos: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "a", "b", "c")
+    itos: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "a", "b", "c", "<unk>")
     pad_id: int = PAD
     bos_id: int = BOS
     eos_id: int = EOS
+    unk_id: int = UNK
 
 
 @dataclass
@@ -44,9 +48,9 @@ class TinyDecoder(nn.Module):
     """Random-weight GRU decoder with dot attention: logits depend on the source and the whole prefix."""
 
     def __init__(self, seed: int, hidden: int = 8, src_vocab: int = 11, eos_bias: float = 0.0,
-                 state_type: type[State] = State) -> None:
+                 state_type: type[State] = State, unk_bias: float = 0.0, tgt_vocab: Any = None) -> None:
         super().__init__()
-        self.tgt_vocab = Vocab()
+        self.tgt_vocab = tgt_vocab or Vocab()
         vocab_size = len(self.tgt_vocab.itos)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -55,7 +59,7 @@ class TinyDecoder(nn.Module):
             self.cell = nn.GRUCell(2 * hidden, hidden)
             self.out = nn.Linear(2 * hidden, vocab_size)
         self.double()
-        self.eos_bias = eos_bias
+        self.eos_bias, self.unk_bias = eos_bias, unk_bias
         self.state_type = state_type
         self.rows_stepped = 0
 
@@ -69,7 +73,8 @@ class TinyDecoder(nn.Module):
         context = (attention[:, :, None] * state.memory).sum(dim=1)
         hidden = self.cell(torch.cat([self.embed(prev), context], dim=1), state.hidden)
         logits = 3 * self.out(torch.cat([hidden, context], dim=1))
-        logits[:, EOS] += self.eos_bias
+        logits[:, self.tgt_vocab.eos_id] += self.eos_bias
+        logits[:, self.tgt_vocab.unk_id] += self.unk_bias
         return logits, type(state)(hidden, state.memory)
 
 
@@ -128,15 +133,21 @@ def test_beam_size_one_is_greedy(seed: int, eos_bias: float) -> None:
     assert len({len(tokens) for tokens in greedy}) > 1  # the examples stop at different steps
 
 
-def test_greedy_follows_the_argmax_of_the_model() -> None:
-    model, src = TinyDecoder(seed=8, eos_bias=1.0), sources(4, seed=8)
-    for b, tokens in enumerate(greedy_search(model, src, max_len=10)):
+UNK_BIAS = 30.0  # far above the other logits: <unk> is the model's first choice at every step (asserted)
+
+
+@pytest.mark.parametrize("unk_bias", [0.0, UNK_BIAS])
+def test_greedy_follows_the_argmax_of_the_model_but_never_takes_unk(unk_bias: float) -> None:
+    model, src, max_len = TinyDecoder(seed=13, eos_bias=1.0, unk_bias=unk_bias), sources(4, seed=13), 10
+    for b, tokens in enumerate(greedy_search(model, src, max_len=max_len)):
+        assert len(tokens) < max_len - 1  # ended by the model's choice, not by the length limit
         with torch.no_grad():
             state, prev = model.start(src[b : b + 1]), BOS
             for expected in [*tokens, EOS]:
                 logits, state = model.step(torch.tensor([prev]), state)
-                logits[0, [BOS, PAD]] = -math.inf
-                assert int(logits[0].argmax()) == expected
+                assert int(logits[0].argmax()) == UNK or not unk_bias  # what the biased model prefers
+                logits[0, [BOS, PAD, UNK]] = -math.inf
+                assert int(logits[0].argmax()) == expected  # what greedy takes
                 prev = expected
 
 
@@ -194,3 +205,26 @@ def test_select_beams_is_used_only_within_examples() -> None:
     options = dict(beam_size=3, max_len=20, length_penalty=0.0)
     plain = beam_search(TinyDecoder(seed=7), src, **options)
     assert_same(plain, beam_search(TinyDecoder(seed=7, state_type=SharedMemoryState), src, **options))
+
+
+# ---------------------------------------------------------------- <unk> is never emitted
+
+
+def test_beam_search_never_emits_unk_and_ranks_the_rest_as_brute_force() -> None:
+    model, src, max_len = TinyDecoder(seed=12, unk_bias=UNK_BIAS), sources(3, seed=12), 4
+    for b, hypotheses in enumerate(beam_search(model, src, beam_size=64, max_len=max_len, length_penalty=0.5)):
+        expected = brute_force(model, src[b], max_len, 0.5)  # sequences of a, b, c only, scored with <unk>'s mass
+        assert [h.tokens for h in hypotheses] == [tokens for tokens, _ in expected]
+        assert [h.score for h in hypotheses] == pytest.approx([score for _, score in expected], abs=1e-9)
+
+
+def test_grammar_constrained_beam_search_never_emits_unk() -> None:
+    vocab = data.Vocab([*data.Vocab.specials, "add", "subtract", "|", "const_1", "n0", "n1", "#0"])
+    grammar = ProgramGrammar(vocab.itos, vocab.eos_id, vocab.pad_id, vocab.bos_id)
+    model, src = TinyDecoder(seed=13, unk_bias=UNK_BIAS, tgt_vocab=vocab), sources(4, seed=13)
+    results = beam_search(model, src, beam_size=5, max_len=12, grammar=grammar, num_numbers=torch.full((4,), 2))
+    for hypotheses in results:
+        assert len(hypotheses) == 5
+        for h in hypotheses:
+            assert vocab.unk_id not in h.tokens
+            assert programs.parse_program(programs.tokens_to_program(vocab.decode(h.tokens)))

@@ -163,6 +163,7 @@ class Vocab:
     pad_id: int = PAD
     bos_id: int = BOS
     eos_id: int = EOS
+    unk_id: int = UNK
 
 
 @dataclass

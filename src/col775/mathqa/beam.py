@@ -4,7 +4,7 @@ Decoder interface (``models.py``)
     ``model.start(batch) -> state`` runs the encoder once; ``model.step(prev_tokens [N],
     state) -> (logits [N, V], state)`` advances N hypotheses by one token;
     ``state.index_select(idx)`` gathers every tensor of the state along dim 0;
-    ``model.tgt_vocab`` has ``bos_id``, ``eos_id``, ``pad_id``, ``itos``; ``len(batch)`` is the
+    ``model.tgt_vocab`` has ``bos_id``, ``eos_id``, ``pad_id``, ``unk_id``, ``itos``; ``len(batch)`` is the
     number of examples. Optional: ``state.select_beams(idx)``, the same gather when ``idx``
     only moves rows between the beams of one example (back-pointers); a state may then keep
     the fields every beam of an example shares (encoder memory, attention keys) as they
@@ -15,9 +15,10 @@ Search space and scores
     ``max_len`` of them (at the last step only ``<eos>`` may be chosen). Its score is the sum
     of the model's log-probabilities, divided by ``length ** alpha`` with length counting
     ``<eos>`` (``length_normalised``, the one place this is defined; alpha = 0 ranks by
-    log-probability, alpha = 1 by the mean per token). ``<bos>`` and ``<pad>`` are never
-    candidates; they are dropped after ``log_softmax``, so without a grammar scores are the
-    model's own log-probabilities. A grammar's mask is applied before ``log_softmax``
+    log-probability, alpha = 1 by the mean per token). ``<bos>``, ``<pad>`` and ``<unk>`` are
+    never candidates (an ``<unk>`` in a program could never be right: it stands for a token the
+    training programs lack); they are dropped after ``log_softmax``, so without a grammar
+    scores are the model's own log-probabilities. A grammar's mask is applied before ``log_softmax``
     (renormalised over well-formed programs; see ``grammar.py``).
 
 Beam search, as in fairseq
@@ -88,9 +89,9 @@ def _device(model: Any) -> torch.device:
 
 
 def _blocked_tokens(vocab: Any, vocab_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bool masks [V] of tokens never chosen: at every step (<bos>, <pad>), and at the last (all but <eos>)."""
+    """Bool masks [V] of tokens never chosen: at every step (<bos>, <pad>, <unk>), and at the last (all but <eos>)."""
     always = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-    always[[vocab.bos_id, vocab.pad_id]] = True
+    always[[vocab.bos_id, vocab.pad_id, vocab.unk_id]] = True
     last = torch.ones(vocab_size, dtype=torch.bool, device=device)
     last[vocab.eos_id] = False
     return always, last

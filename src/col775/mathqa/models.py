@@ -11,6 +11,12 @@ Four kinds, built by ``build_model(kind, src_vocab, tgt_vocab, config)``:
   (``param_groups``), with the attention LSTM decoder over its wordpieces. A learned
   embedding of each wordpiece's number id (``K + 1`` for number K, see ``data.py``) is
   added to the encoder's output, so the decoder can tell which wordpieces are ``nK``.
+  Frozen means the transformer gets no gradient (and stays in eval mode); the number-id
+  embedding, the bridge and the decoder are trained in both.
+
+``model_name(kind, config)`` is what reports and metrics.json call a model: the BERT kinds
+are named after the encoder really loaded (name, layer count, casing and width read from
+its folder), not after BERT.
 
 Attention is Luong's "general" score ``h_t^T W m_s`` with input feeding (the previous
 attentional vector ``tanh(W_c [context; h_t])`` is fed to the next step). Why: ``W m_s``
@@ -39,6 +45,7 @@ once per decoder step; ``start`` without gradients in eval mode attaches
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +63,11 @@ from col775.mathqa.embeddings import PretrainedEmbedding, build_embedding_matrix
 KINDS = ("lstm", "lstm_attn", "bert_frozen", "bert_finetune")
 
 
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {KINDS}")
+
+
 @dataclass
 class ModelConfig:
     """Architecture settings shared by all kinds (fields a kind does not use are ignored)."""
@@ -68,6 +80,7 @@ class ModelConfig:
     embedding_dim: int = 50  # only used with glove="random"
     freeze_embeddings: bool = False
     encoder_path: str = ""  # a local transformers model folder; "" = the packaged MiniLM
+    encoder_name: str = ""  # what reports call an encoder_path encoder; "" = the folder's name
     max_numbers: int = MAX_NUMBERS
     seed: int = 0  # for the random rows of words GloVe lacks
 
@@ -228,6 +241,29 @@ def load_tokenizer(encoder_path: str | Path | None = None) -> Any:
     if not tokenizer.is_fast:
         raise ValueError(f"{folder} has no fast tokenizer (tokenizer.json); number marking needs offset mappings")
     return tokenizer
+
+
+def encoder_label(encoder_path: str | Path | None = None, encoder_name: str = "") -> str:
+    """An encoder folder's name with its layer count, casing and width, e.g. "MiniLM-L6 (uncased, 384-d)".
+
+    The packaged encoder is called MiniLM-L<layers>; another folder ``encoder_name``, else the
+    folder's own name. Layers and width come from the folder's config (``num_hidden_layers``,
+    ``hidden_size``) and the casing from its tokenizer's ``do_lower_case``, so a report names
+    the encoder the run loaded rather than one assumed.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoConfig
+
+    folder = _encoder_dir(encoder_path)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    layers, width = config.num_hidden_layers, config.hidden_size
+    packaged = f"MiniLM-L{layers}"
+    name = encoder_name or (folder.name if encoder_path else packaged)
+    details = [] if name == packaged else [f"{layers} layers"]
+    tokenizer_config = folder / "tokenizer_config.json"
+    lower = json.loads(tokenizer_config.read_text()).get("do_lower_case") if tokenizer_config.is_file() else None
+    details += {True: ["uncased"], False: ["cased"]}.get(lower, [])
+    return f"{name} ({', '.join(details + [f'{width}-d'])})"
 
 
 class WordpieceEncoder(nn.Module):
@@ -409,8 +445,7 @@ class Seq2Seq(nn.Module):
 def build_model(kind: str, src_vocab: Vocab, tgt_vocab: Vocab, config: ModelConfig | None = None) -> Seq2Seq:
     """A Seq2Seq of one of ``KINDS`` for these vocabularies (loads GloVe or the transformer offline)."""
     config = config or ModelConfig()
-    if kind not in KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; choose one of {KINDS}")
+    _check_kind(kind)
     if kind.startswith("bert"):
         encoder: nn.Module = WordpieceEncoder(config.encoder_path or None, kind == "bert_frozen",
                                               config.max_numbers, config.num_layers)
@@ -429,27 +464,11 @@ def build_model(kind: str, src_vocab: Vocab, tgt_vocab: Vocab, config: ModelConf
     return Seq2Seq(kind, encoder, src_vocab, tgt_vocab, config)
 
 
-@torch.no_grad()
-def greedy_decode(model: Seq2Seq, batch: Batch, max_len: int) -> list[list[int]]:
-    """Argmax decoding; per example the token ids after <bos>, up to (not including) <eos>.
-
-    The reference decoder (beam search with k = 1 must agree with it). Call ``model.eval()`` first.
-    """
-    vocab = model.tgt_vocab
-    state = model.start(batch)
-    prev = torch.full((len(batch),), vocab.bos_id, dtype=torch.long, device=batch.src.device)
-    outputs: list[list[int]] = [[] for _ in range(len(batch))]
-    done = [False] * len(batch)
-    for _ in range(max_len):
-        logits, state = model.step(prev, state)
-        prev = logits.argmax(-1)
-        for i, token in enumerate(prev.tolist()):
-            if done[i]:
-                continue
-            if token == vocab.eos_id:
-                done[i] = True
-            else:
-                outputs[i].append(token)
-        if all(done):
-            break
-    return outputs
+def model_name(kind: str, config: ModelConfig) -> str:
+    """What reports and metrics.json call a model of ``kind``: its encoder as really built."""
+    _check_kind(kind)
+    if kind.startswith("bert"):
+        encoder = encoder_label(config.encoder_path or None, config.encoder_name)
+        return f"{encoder}, {'frozen' if kind == 'bert_frozen' else 'fine-tuned'} + attention LSTM"
+    words = "random word embeddings" if config.glove == "random" else "GloVe"
+    return f"BiLSTM-LSTM{' + attention' if kind == 'lstm_attn' else ''} ({words})"

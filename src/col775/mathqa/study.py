@@ -9,6 +9,9 @@ Decodings of trained runs, without retraining; scores are cached in the run's de
 and the predictions written in the course's submission format under predictions/:
     model-<kind>   every split at the configured beam, with and without grammar constraints
     bert_finetune  the test split (dev when the data has none) at beams 1, 10 and 20 (2.3.3)
+Every dev number is labelled "dev, also used for model selection" (``train.split_role``): dev
+picks each run's checkpoint, and without a test split it also stands in for test in 2.3.2
+and 2.3.3. Models are named after the encoder each run really used (``models.model_name``).
 """
 
 from __future__ import annotations
@@ -25,19 +28,15 @@ from col775.core.plots import line_plot
 from col775.core.report import Report
 from col775.core.runs import atomic_write_json, read_run
 from col775.mathqa import data
-from col775.mathqa.models import KINDS
+from col775.mathqa.models import KINDS, model_name
 from col775.mathqa.score import load_submission, score_records
-from col775.mathqa.train import MathqaConfig, data_dir, load_trained, predict, train_model
+from col775.mathqa.train import MathqaConfig, data_dir, load_trained, model_config, predict, split_role, train_model
 
 log = logging.getLogger(__name__)
 
 TEACHER_FORCING = (0.3, 0.6, 0.9)  # part 2.3.2
 BEAM_SIZES = (1, 10, 20)  # part 2.3.3
 TF_MODEL, BEAM_MODEL = "lstm_attn", "bert_finetune"
-NAMES = {
-    "lstm": "BiLSTM-LSTM (GloVe)", "lstm_attn": "BiLSTM-LSTM + attention (GloVe)",
-    "bert_frozen": "frozen BERT + attention LSTM", "bert_finetune": "fine-tuned BERT + attention LSTM",
-}  # fmt: skip
 METRICS = (("exact_match", "EM"), ("execution_accuracy", "exec"), ("token_accuracy", "token"))
 
 
@@ -145,7 +144,8 @@ def run_study(config: MathqaConfig, out: str | Path, force: bool = False,
         if kind == BEAM_MODEL:
             wanted += [Decoding(eval_split, k, config.grammar) for k in BEAM_SIZES]
         decoded[kind] = decode(out / model_run(kind), list(dict.fromkeys(wanted)), config.device)
-    report = build_report(config, results, decoded, splits, out)
+    names = {kind: model_name(kind, model_config(runs[model_run(kind)])) for kind in KINDS}
+    report = build_report(config, results, decoded, splits, names, out)
     path = report.write(out)
     log.info("report written to %s", path)
     return report
@@ -159,8 +159,14 @@ def _diff(a: float, b: float) -> str:
     return f"{b - a:+.1f}"
 
 
+def _columns(split: str) -> list[str]:
+    """Table headers of the three scores on ``split``, each saying what the split was used for."""
+    return [f"{split_role(split)}: {short}" for _, short in METRICS]
+
+
 def build_report(config: MathqaConfig, results: dict[str, dict], decoded: dict[str, dict[str, dict]],
-                 splits: list[str], out: Path) -> Report:
+                 splits: list[str], names: dict[str, str], out: Path) -> Report:
+    """The study's report; ``names`` maps each model kind to what the report calls it."""
     figures = out / "figures"
     eval_split = splits[-1]
     report = Report("MathQA: word problems to programs")
@@ -170,11 +176,15 @@ def build_report(config: MathqaConfig, results: dict[str, dict], decoded: dict[s
     report.text(
         f"Data: {'generated word problems (synthetic.py)' if not config.data else f'`{config.data}`'}; "
         + ", ".join(f"{name} {n} problems" for name, n in sizes.items())
-        + (". The data has no test split, so dev stands in for it wherever the assignment asks for test"
-           if "test" not in splits else "")
         + f". Every model trains with teacher forcing {config.teacher_forcing} and, at the end, decodes with beam "
         f"search (k = {config.beam_size}, length penalty {config.length_penalty}) from the checkpoint with the best "
-        "dev execution accuracy under greedy decoding. Scores are percentages over all problems of a split: "
+        "dev execution accuracy under greedy decoding. Dev therefore chose the model, and its scores, labelled "
+        f"'{split_role('dev')}', are not held-out estimates (they may be optimistic)"
+        + ("; test is held out" if "test" in splits else
+           ". The data has no test split, so dev also stands in for test wherever the assignment asks for it "
+           "(2.3.2 and 2.3.3)")
+        + ". " + unseen_tokens_sentence(first["metrics"], sizes)
+        + " Scores are percentages over all problems of a split: "
         "**exact match** (the program text equals the gold one, a trailing `|` aside), **execution accuracy** "
         "(the program runs and its value is within 2% of the answer, as in the course checker) and **token "
         "accuracy** (our definition: the share of gold token positions where the predicted token is the same, "
@@ -190,21 +200,28 @@ def build_report(config: MathqaConfig, results: dict[str, dict], decoded: dict[s
             for name, changes in differing.items() if changes) + ".")
 
     report.heading("The four models (2.3.1)")
-    headers = ["model"] + [f"{split} {short}" for split in splits for _, short in METRICS]
+    encoder_lr = results[model_run("bert_finetune")]["config"]["encoder_lr"]
+    report.text(
+        f"{names['bert_frozen']}: the encoder gets no gradient (its weights never change, and it stays in eval mode, "
+        "without dropout), while the learned number-index embedding added to its output, the bridge to the decoder "
+        f"and the decoder are trained. {names['bert_finetune']}: the encoder is trained as well, at its own learning "
+        f"rate {encoder_lr:g}."
+    )
+    headers = ["model"] + [column for split in splits for column in _columns(split)]
     headers += ["best epoch", "epochs run", "trainable parameters", "train examples/s"]
     rows = []
     for kind in KINDS:
         m = results[model_run(kind)]["metrics"]
-        rows.append([NAMES[kind]] + [_pct(m[split][key]) for split in splits for key, _ in METRICS]
+        rows.append([names[kind]] + [_pct(m[split][key]) for split in splits for key, _ in METRICS]
                     + [m["best_epoch"] + 1, m["epochs_run"], m["parameters"], f"{m['train_examples_per_second']:.0f}"])
     report.table(headers, rows)
-    add_curves(report, results, figures)
-    add_grammar(report, config, decoded, splits)
-    add_teacher_forcing(report, config, results, figures, eval_split)
-    add_beam(report, config, decoded[BEAM_MODEL], eval_split)
+    add_curves(report, results, names, figures)
+    add_grammar(report, config, decoded, splits, names)
+    add_teacher_forcing(report, config, results, names[TF_MODEL], figures, eval_split)
+    add_beam(report, config, decoded[BEAM_MODEL], names[BEAM_MODEL], eval_split)
 
     report.heading("Observations")
-    for paragraph in observations(config, results, decoded, eval_split):
+    for paragraph in observations(config, results, decoded, names, eval_split):
         report.text(paragraph)
 
     report.heading("Prediction files")
@@ -226,11 +243,23 @@ def build_report(config: MathqaConfig, results: dict[str, dict], decoded: dict[s
     return report
 
 
+def unseen_tokens_sentence(metrics: dict[str, Any], sizes: dict[str, int]) -> str:
+    """How many gold programs of each scored split hold a token that no training program has."""
+    counts = metrics.get("gold_programs_with_unseen_tokens")
+    if counts is None:
+        return "(Gold programs with tokens unseen in training were not counted: the runs predate the count.)"
+    return (
+        "Gold programs with a token that no training program has (it becomes `<unk>`, which decoding never "
+        "emits, so they can never be matched exactly): "
+        + ", ".join(f"{split} {n} of {sizes[split]}" for split, n in counts.items()) + "."
+    )
+
+
 def _epochs(run: dict) -> list[int]:
     return [r["epoch"] + 1 for r in run["history"]]
 
 
-def add_curves(report: Report, results: dict[str, dict], figures: Path) -> None:
+def add_curves(report: Report, results: dict[str, dict], names: dict[str, str], figures: Path) -> None:
     report.heading("Loss curves", 3)
     report.text(
         "Loss is the cross-entropy per target token. The train loss is measured while training, under teacher "
@@ -240,16 +269,17 @@ def add_curves(report: Report, results: dict[str, dict], figures: Path) -> None:
     for kind in KINDS:
         run = results[model_run(kind)]
         series = {split: (_epochs(run), [r[f"{split}/loss"] for r in run["history"]]) for split in ("train", "dev")}
-        png = line_plot(series, figures / f"loss_{kind}.png", title=f"{NAMES[kind]}: loss", ylabel="loss per token")
-        report.figure(png, f"{NAMES[kind]}: train and dev loss per epoch")
-    runs = {NAMES[k]: results[model_run(k)] for k in KINDS}
+        png = line_plot(series, figures / f"loss_{kind}.png", title=f"{names[kind]}: loss", ylabel="loss per token")
+        report.figure(png, f"{names[kind]}: train and dev loss per epoch")
+    runs = {names[k]: results[model_run(k)] for k in KINDS}
     series = {name: (_epochs(run), [r["dev/execution_accuracy"] for r in run["history"]]) for name, run in runs.items()}
     png = line_plot(series, figures / "dev_execution_accuracy.png", title="dev execution accuracy (greedy)",
                     ylabel="execution accuracy (%)")
     report.figure(png, "Dev execution accuracy under greedy decoding after each epoch (used to pick the checkpoint)")
 
 
-def add_grammar(report: Report, config: MathqaConfig, decoded: dict[str, dict], splits: list[str]) -> None:
+def add_grammar(report: Report, config: MathqaConfig, decoded: dict[str, dict], splits: list[str],
+                names: dict[str, str]) -> None:
     report.heading(f"Grammar-constrained decoding (beam {config.beam_size})", 3)
     report.text(
         "Free decoding lets the model emit any token sequence; constrained decoding (grammar.py) allows only "
@@ -264,14 +294,15 @@ def add_grammar(report: Report, config: MathqaConfig, decoded: dict[str, dict], 
         for split in splits:
             free = decoded[kind][Decoding(split, config.beam_size, False).name]
             constrained = decoded[kind][Decoding(split, config.beam_size, True).name]
-            rows.append([NAMES[kind], split] + [_pct(scores[key]) for key, _ in METRICS + (("executable", ""),)
-                                                for scores in (free, constrained)])
+            cells = [_pct(scores[key]) for key, _ in METRICS + (("executable", ""),) for scores in (free, constrained)]
+            rows.append([names[kind], split_role(split)] + cells)
     report.table(headers, rows)
 
 
-def add_teacher_forcing(report: Report, config: MathqaConfig, results: dict[str, dict], figures: Path,
+def add_teacher_forcing(report: Report, config: MathqaConfig, results: dict[str, dict], name: str, figures: Path,
                         eval_split: str) -> None:
-    report.heading(f"Teacher forcing probability (2.3.2, {NAMES[TF_MODEL]}, beam {config.beam_size})", 3)
+    report.heading(f"Teacher forcing probability (2.3.2, {name}, beam {config.beam_size}, "
+                   f"{split_role(eval_split)})", 3)
     rows = []
     for p in TEACHER_FORCING:
         run = results[tf_run(config, p)]
@@ -279,30 +310,30 @@ def add_teacher_forcing(report: Report, config: MathqaConfig, results: dict[str,
         rows.append([p] + [_pct(m[eval_split][key]) for key, _ in METRICS]
                     + [f"{run['history'][-1]['train/loss']:.3f}", f"{min(r['dev/loss'] for r in run['history']):.3f}",
                        m["best_epoch"] + 1])
-    report.table(["teacher forcing p"] + [f"{eval_split} {short}" for _, short in METRICS]
-                 + ["last train loss", "lowest dev loss", "best epoch"], rows)
+    report.table(["teacher forcing p"] + _columns(eval_split) + ["last train loss", "lowest dev loss", "best epoch"],
+                 rows)
     for split in ("train", "dev"):
         series = {f"p = {p}": (_epochs(results[tf_run(config, p)]),
                                [r[f"{split}/loss"] for r in results[tf_run(config, p)]["history"]])
                   for p in TEACHER_FORCING}
         png = line_plot(series, figures / f"teacher_forcing_{split}_loss.png", title=f"{split} loss by teacher forcing",
                         ylabel="loss per token")
-        report.figure(png, f"{NAMES[TF_MODEL]}: {split} loss per epoch at each teacher forcing probability")
+        report.figure(png, f"{name}: {split} loss per epoch at each teacher forcing probability")
 
 
-def add_beam(report: Report, config: MathqaConfig, decoded: dict[str, dict], eval_split: str) -> None:
-    report.heading(f"Beam size (2.3.3, {NAMES[BEAM_MODEL]}, {eval_split})", 3)
+def add_beam(report: Report, config: MathqaConfig, decoded: dict[str, dict], name: str, eval_split: str) -> None:
+    report.heading(f"Beam size (2.3.3, {name}, {split_role(eval_split)})", 3)
     rows = []
     for k in BEAM_SIZES:
         scores = decoded[Decoding(eval_split, k, config.grammar).name]
         rows.append([k] + [_pct(scores[key]) for key, _ in METRICS] + [_pct(scores["executable"])])
-    report.table(["beam k"] + [f"{eval_split} {short}" for _, short in METRICS] + ["executes"], rows)
+    report.table(["beam k"] + _columns(eval_split) + ["executes"], rows)
 
 
 # ---------------------------------------------------------------- observations
 
 
-def observations(config: MathqaConfig, results: dict[str, dict], decoded: dict[str, dict],
+def observations(config: MathqaConfig, results: dict[str, dict], decoded: dict[str, dict], names: dict[str, str],
                  eval_split: str) -> list[str]:
     """Paragraphs read off the numbers (no claim the numbers don't support)."""
     metric = {kind: results[model_run(kind)]["metrics"][eval_split] for kind in KINDS}
@@ -311,12 +342,13 @@ def observations(config: MathqaConfig, results: dict[str, dict], decoded: dict[s
     def change(before: str, after: str, key: str) -> str:
         return _diff(metric[before][key], metric[after][key])
 
+    scored_on = split_role(eval_split)
     parts = [
-        f"On {eval_split}, by execution accuracy the models rank "
-        + ", ".join(f"{NAMES[k]} {_pct(metric[k]['execution_accuracy'])}%" for k in ranked) + ". "
+        f"On {scored_on}, by execution accuracy the models rank "
+        + ", ".join(f"{names[k]} {_pct(metric[k]['execution_accuracy'])}%" for k in ranked) + ". "
         f"Attention changes exact match by {change('lstm', 'lstm_attn', 'exact_match')} and execution accuracy "
         f"by {change('lstm', 'lstm_attn', 'execution_accuracy')} points (lstm_attn against lstm); fine-tuning "
-        f"BERT instead of freezing it changes them by {change('bert_frozen', 'bert_finetune', 'exact_match')} and "
+        f"the encoder instead of freezing it changes them by {change('bert_frozen', 'bert_finetune', 'exact_match')} and "
         f"{change('bert_frozen', 'bert_finetune', 'execution_accuracy')} points."
     ]
     gaps = [metric[k]["execution_accuracy"] - metric[k]["exact_match"] for k in KINDS]
@@ -325,12 +357,12 @@ def observations(config: MathqaConfig, results: dict[str, dict], decoded: dict[s
         "gap means some problems were solved by a program whose text differs from the gold one (for example "
         "with the arguments of a commutative operation swapped)."
     )
-    parts.append(_overfitting(results))
+    parts.append(_overfitting(results, names))
     parts.append(_grammar_observation(config, decoded, eval_split))
-    parts.append(_teacher_forcing_observation(config, results, eval_split))
+    parts.append(_teacher_forcing_observation(config, results, names[TF_MODEL], eval_split))
     beam = [decoded[BEAM_MODEL][Decoding(eval_split, k, config.grammar).name] for k in BEAM_SIZES]
     parts.append(
-        f"Beam size ({NAMES[BEAM_MODEL]}, {eval_split}): exact match "
+        f"Beam size ({names[BEAM_MODEL]}, {scored_on}): exact match "
         + "/".join(_pct(b["exact_match"]) for b in beam) + " and token accuracy "
         + "/".join(_pct(b["token_accuracy"]) for b in beam) + f" at k = {'/'.join(map(str, BEAM_SIZES))}; "
         f"from greedy (k = 1) to k = {BEAM_SIZES[-1]} exact match changes by "
@@ -340,7 +372,7 @@ def observations(config: MathqaConfig, results: dict[str, dict], decoded: dict[s
     return [p for p in parts if p]
 
 
-def _overfitting(results: dict[str, dict]) -> str:
+def _overfitting(results: dict[str, dict], names: dict[str, str]) -> str:
     notes = []
     for kind in KINDS:
         history = results[model_run(kind)]["history"]
@@ -349,7 +381,7 @@ def _overfitting(results: dict[str, dict]) -> str:
         dev = [r["dev/loss"] for r in history]
         low = min(range(len(dev)), key=dev.__getitem__)
         if low < len(dev) - 1 and dev[-1] > dev[low] and history[-1]["train/loss"] < history[low]["train/loss"]:
-            notes.append(f"{NAMES[kind]} (lowest dev loss {dev[low]:.3f} at epoch {low + 1}, {dev[-1]:.3f} at the last "
+            notes.append(f"{names[kind]} (lowest dev loss {dev[low]:.3f} at epoch {low + 1}, {dev[-1]:.3f} at the last "
                          f"epoch {len(dev)}, while its train loss kept falling)")
     if notes:
         return "Dev loss rose again after its minimum for: " + "; ".join(notes) + ", a sign of over-fitting."
@@ -363,8 +395,8 @@ def _grammar_observation(config: MathqaConfig, decoded: dict[str, dict], eval_sp
     constrained = {k: decoded[k][Decoding(eval_split, config.beam_size, True).name] for k in KINDS}
     changes = [constrained[k]["execution_accuracy"] - free[k]["execution_accuracy"] for k in KINDS]
     return (
-        f"Grammar constraints ({eval_split}, beam {config.beam_size}): across the models, the share of predictions "
-        f"that execute is {_span([f['executable'] for f in free.values()])}% without them and "
+        f"Grammar constraints ({split_role(eval_split)}, beam {config.beam_size}): across the models, the share of "
+        f"predictions that execute is {_span([f['executable'] for f in free.values()])}% without them and "
         f"{_span([c['executable'] for c in constrained.values()])}% with them, and execution accuracy changes by "
         f"{_span(changes, signed=True)} points. A well-formed program can still fail to execute "
         "(a division by zero, a too large factorial) or compute the wrong value."
@@ -378,7 +410,7 @@ def _span(values: list[float], signed: bool = False) -> str:
     return show(low) if show(low) == show(high) else f"{show(low)} to {show(high)}"
 
 
-def _teacher_forcing_observation(config: MathqaConfig, results: dict[str, dict], eval_split: str) -> str:
+def _teacher_forcing_observation(config: MathqaConfig, results: dict[str, dict], name: str, eval_split: str) -> str:
     em = {p: results[tf_run(config, p)]["metrics"][eval_split]["exact_match"] for p in TEACHER_FORCING}
     token = {p: results[tf_run(config, p)]["metrics"][eval_split]["token_accuracy"] for p in TEACHER_FORCING}
     best = max(TEACHER_FORCING, key=em.get)
@@ -390,7 +422,7 @@ def _teacher_forcing_observation(config: MathqaConfig, results: dict[str, dict],
     else:
         trend = "is not monotonic in p"
     return (
-        f"Teacher forcing ({NAMES[TF_MODEL]}, {eval_split}): exact match is "
+        f"Teacher forcing ({name}, {split_role(eval_split)}): exact match is "
         + "/".join(_pct(em[p]) for p in TEACHER_FORCING) + " and token accuracy "
         + "/".join(_pct(token[p]) for p in TEACHER_FORCING) + f" at p = {'/'.join(f'{p:g}' for p in TEACHER_FORCING)}; "
         f"exact match {trend}, highest at p = {best:g}. These are single runs (seed {config.seed}), so differences "

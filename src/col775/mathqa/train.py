@@ -32,12 +32,17 @@ from col775.mathqa import data, synthetic
 from col775.mathqa.data import MAX_NUMBERS
 from col775.mathqa.beam import beam_search, greedy_search
 from col775.mathqa.grammar import ProgramGrammar
-from col775.mathqa.models import ModelConfig, Seq2Seq, build_model, load_tokenizer
+from col775.mathqa.models import ModelConfig, Seq2Seq, build_model, load_tokenizer, model_name
 from col775.mathqa.programs import extract_numbers, tokens_to_program
 from col775.mathqa.score import score_records
 
 log = logging.getLogger(__name__)
 SCORES = ("exact_match", "execution_accuracy", "token_accuracy")
+
+
+def split_role(split: str) -> str:
+    """How to read a split's scores: early stopping picks the checkpoint on dev, so dev's are not held out."""
+    return "dev, also used for model selection" if split == "dev" else split
 
 
 @dataclass
@@ -60,6 +65,7 @@ class MathqaConfig:
     embedding_dim: int = 50  # only with glove: random
     freeze_embeddings: bool = False
     encoder_path: str = ""  # a local transformers model folder; "" = the packaged MiniLM
+    encoder_name: str = ""  # what reports call the encoder_path encoder; "" = the folder's name
     max_wordpieces: int = 512  # BERT models: problems are cut to this many wordpieces
     # optimisation
     epochs: int = 30
@@ -332,7 +338,12 @@ def train_model(config: MathqaConfig, out_dir: str | Path, force: bool = False) 
                 "stopped_for_time": cut_short and not stopper.should_stop,
                 "train_examples_per_second": sum(r["train/examples_per_second"] for r in history) / len(history),
                 "train_minutes": sum(r["seconds"] for r in history) / 60,
-                "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+                "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "model_name": model_name(config.model, model_config(config)),
+                "split_roles": {split: split_role(split) for split in loaders},
+                # gold programs with a token no training program has (encoded <unk>): never matched exactly
+                "gold_programs_with_unseen_tokens": {
+                    split: sum(prepared.tgt_vocab.unk_id in e.tgt for e in prepared.splits[split]) for split in loaders}}
     run.finish(metrics)
     return metrics
 
