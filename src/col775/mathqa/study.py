@@ -20,14 +20,14 @@ import logging
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
-from col775.core.config import from_dict, load_config, to_dict
+from col775.core.config import load_config, to_dict
 from col775.core.plots import line_plot
 from col775.core.report import Report
 from col775.core.runs import atomic_write_json, read_run
 from col775.mathqa import data
 from col775.mathqa.models import KINDS
 from col775.mathqa.score import load_submission, score_records
-from col775.mathqa.train import MathqaConfig, data_dir, load_trained, predict, train_model
+from col775.mathqa.train import MathqaConfig, data_dir, load_trained, predict, run_config, train_model
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,8 @@ def decode(run_dir: Path, wanted: Sequence[Decoding], device: str = "auto") -> d
     """Scores of each wanted decoding of a finished run, by ``Decoding.name``.
 
     The decoding the run itself ended with (its beam and grammar setting) is read back from
-    ``predictions/<split>.json``; the others are decoded from the best checkpoint and written to
+    ``predictions/<split>.json`` where training wrote one (not for train, nor a test.json added
+    after training); the others are decoded from the best checkpoint and written to
     ``predictions/<name>.json``. Scores are cached in ``decodings.json`` next to a fingerprint of
     the run's metrics.json, so a retrained run is decoded again and a resumed study is not.
     """
@@ -100,14 +101,15 @@ def decode(run_dir: Path, wanted: Sequence[Decoding], device: str = "auto") -> d
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     if cache.get("run") != stamp:
         cache = {"run": stamp, "scores": {}}
-    config = from_dict(MathqaConfig, read_run(run_dir)["config"], str(run_dir / "config.yaml"))
+    config, _ = run_config(run_dir)
     loaded = None
     for wanted_decoding in wanted:
         if wanted_decoding.name in cache["scores"]:
             continue
         split, beam, grammar = wanted_decoding
-        if beam == config.beam_size and grammar == config.grammar:
-            records = load_submission(run_dir / "predictions" / f"{split}.json")
+        written = run_dir / "predictions" / f"{split}.json"
+        if (beam, grammar) == (config.beam_size, config.grammar) and written.is_file():
+            records = load_submission(written)
         else:
             if loaded is None:
                 loaded = load_trained(run_dir, device)
