@@ -1,13 +1,14 @@
 """`col775 mathqa train` and `study`: flags over presets, --model, and a tiny run through col775.cli.main."""
 
 import json
+import shutil
 
 import pytest
 import yaml
 
 from col775.cli import build_parser, main
 from col775.core.config import config_from_args, preset_path
-from col775.mathqa import synthetic
+from col775.mathqa import score, synthetic
 from col775.mathqa.train import MathqaConfig, epochs_within_budget
 
 
@@ -69,6 +70,45 @@ def test_tiny_train_through_main(tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
     assert main(["mathqa", "train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_decode_a_split_added_after_training_and_any_file_with_the_runs_own_settings(tmp_path, capsys):
+    generated = synthetic.write_synthetic(tmp_path / "generated", n_train=48, n_dev=10, n_test=8, seed=2)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for split in ("train", "dev"):  # no test split while training
+        shutil.copy(generated / f"{split}.json", folder / f"{split}.json")
+    run = tmp_path / "run"
+    assert main(["mathqa", "train", "--model", "lstm", "--data", str(folder), "--out", str(run), "--glove", "random",
+                 "--embedding-dim", "8", "--hidden-size", "16", "--target-embedding-dim", "8", "--epochs", "1",
+                 "--batch-size", "16", "--beam-size", "2", "--max-decode-len", "16", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["mathqa", "decode", str(run), "--split", "test"]) == 2  # no test.json yet: one clear line
+    assert "test.json does not exist" in capsys.readouterr().err
+    shutil.copy(generated / "test.json", folder / "test.json")
+
+    def decode(*flags: str) -> dict:
+        assert main(["mathqa", "decode", str(run), *flags]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    def scored(name: str) -> tuple[list[dict], dict]:
+        records = score.load_submission(run / "predictions" / name)
+        return records, score.score_records(records)[0]
+
+    split = decode("--split", "test")  # the run's own beam (2) and grammar setting (off)
+    records, summary = scored("test_beam2_free.json")
+    assert split["n"] == 8 and all(split[key] == pytest.approx(summary[key]) for key in summary)
+    assert decode("--split", "train")["n"] == 48
+    # new records in train.json would change a rebuilt vocabulary: --file must use the run's own
+    train = json.loads((folder / "train.json").read_text())
+    (folder / "train.json").write_text(json.dumps([{"Problem": "zz " * 5 + "2 and 3", "linear_formula": "lcm(n0,n1)",
+                                                    "answer": 6}] * 3 + train))
+    from_file = decode("--file", str(generated / "test.json"))
+    file_records, file_summary = scored("file-test_beam2_free.json")
+    assert file_records == records and from_file == split | {"truncated": 0}
+    out = tmp_path / "mine.json"
+    assert decode("--file", str(generated / "test.json"), "--beam-size", "1", "--out", str(out))["n"] == 8
+    assert [r["Problem"] for r in score.load_submission(out)] == [r["Problem"] for r in records]
 
 
 def test_time_budget_stops_between_epochs(tmp_path):

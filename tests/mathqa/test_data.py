@@ -1,6 +1,7 @@
 """Loading, number linking, vocabularies and batching of MathQA data."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,30 @@ def test_write_predictions_submission_format(tmp_path):
     assert rows[0] == {**RECORDS[0], "predicted": "add(n0,n1)"} and rows[1]["predicted"] == ""
     with pytest.raises(ValueError, match="2 records but 1"):
         data.write_predictions(tmp_path / "x.json", RECORDS[:2], ["a"])
+
+
+def test_training_records_drop_long_records_and_unrunnable_programs_with_one_warning_each(caplog):
+    huge = {"Problem": "word " * 20_000 + "7 apples", "linear_formula": "add(n0,const_1)", "answer": 8}  # 20,002 tokens
+    long_program = {"Problem": "add 1 and 2", "linear_formula": "add(n0,n1)|" * 30, "answer": 3}  # 120 tokens
+    unknown_op = {"Problem": "a square of side 4", "linear_formula": "diagonal(n0)", "answer": 5.66}
+    wrong_arity = {"Problem": "3 and 4", "linear_formula": "add(n0)|", "answer": 7}
+    records = [RECORDS[0], huge, unknown_op, RECORDS[1], long_program, wrong_arity, RECORDS[2]]
+    with caplog.at_level(logging.WARNING, logger="col775.mathqa.data"):
+        kept, dropped = data.training_records(records, max_source_len=50, max_target_len=100, where="x/train.json")
+    assert kept == RECORDS and dropped == {"too_long": 2, "bad_program": 2}
+    too_long, bad = [record.getMessage() for record in caplog.records]
+    assert too_long.startswith("x/train.json: 2 training record(s) dropped (too long)")
+    assert "record 1 has 20002 source and 4 program tokens" in too_long
+    assert bad.startswith("x/train.json: 2 training record(s) dropped (bad program)")
+    assert "record 2: step 0: unknown operation 'diagonal'" in bad
+
+
+def test_encode_records_cuts_sources_and_programs_to_the_caps():
+    words = [letter * 2 for letter in "abcdefghijklmnopqrstuvwxyzABCD"]
+    long = {"Problem": " ".join(words) + " 5", "linear_formula": "add(n0,n1)|" * 5, "answer": 1}
+    src, tgt = data.build_vocabs([long])
+    [example] = data.encode_records([long], src, tgt, max_source_len=10, max_target_len=6)
+    assert src.decode(example.src) == words[:10]
+    assert tgt.decode(example.tgt) == ["<bos>", "add", "n0", "n1", "|", "add", "n0", "<eos>"]
+    assert data.count_over([long, *RECORDS], 20, 10) == 1  # 31 source and 20 program tokens; RECORDS: at most 14, 8
+    assert data.count_over([long], 31, 20) == 0 and data.count_over([long], 31, 19) == 1

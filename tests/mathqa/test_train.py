@@ -2,13 +2,17 @@
 
 import dataclasses
 import json
+import logging
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+import yaml
 
 from col775.core.config import load_config
+from col775.core.runs import ConfigMismatchError
 from col775.mathqa import data, programs, score, synthetic, train
 from col775.mathqa.train import MathqaConfig, train_model
 
@@ -64,6 +68,67 @@ def test_run_writes_metrics_predictions_and_resumes(folder, tmp_path):
     assert score.score_records(saved)[0]["exact_match"] == pytest.approx(beam1["exact_match"])
     for record in saved:  # the grammar's promise: every prediction is a well-formed program
         assert programs.parse_program(record["predicted"])
+
+
+def copy_data(folder, to, splits=("train", "dev")):
+    to.mkdir(exist_ok=True)
+    for split in splits:
+        shutil.copy(folder / f"{split}.json", to / f"{split}.json")
+    return to
+
+
+def edit(path, change):
+    """Rewrite a json data file with ``change(records)``."""
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+
+
+def test_long_and_unrunnable_training_records_dropped_dev_ones_cut_and_counted(folder, tmp_path, caplog):
+    huge = {"Problem": "a number " * 10_000 + "is 7", "linear_formula": "add(n0,const_1)", "answer": 8}
+    bad = [{"Problem": "a square of side 4", "linear_formula": "diagonal(n0)", "answer": 5.66},
+           {"Problem": "3 and 4", "linear_formula": "add(n0)|", "answer": 7}]
+    data_dir = copy_data(folder, tmp_path / "data")
+    edit(data_dir / "train.json", lambda rows: [huge, *bad, *rows])
+    edit(data_dir / "dev.json", lambda rows: [*rows, huge])
+    config = tiny(data_dir, epochs=1, beam_size=1, max_source_len=60)  # generated problems: at most 32 tokens
+    with caplog.at_level(logging.WARNING):
+        metrics = train_model(config, tmp_path / "run")
+    assert (metrics["train_dropped_too_long"], metrics["train_dropped_bad_program"]) == (1, 2)
+    assert metrics["dev_truncated"] == 1 and "test_truncated" not in metrics
+    assert sum("training record(s) dropped" in r.getMessage() for r in caplog.records) == 2
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (saved["max_source_len"], saved["max_target_len"]) == (60, 500)
+    assert len(score.load_submission(tmp_path / "run" / "predictions" / "dev.json")) == 17  # every dev record scored
+    prepared = train.prepare(config)
+    assert len(prepared.splits["train"]) == 80
+    assert [len(e.src) for e in prepared.splits["dev"]][-1] == 60
+
+
+def test_force_starts_clean_and_a_resume_refuses_changed_data(folder, tmp_path):
+    data_dir = copy_data(folder, tmp_path / "data")
+    out = tmp_path / "run"
+    config = tiny(data_dir, epochs=1, beam_size=1)
+    train_model(config, out)
+    (out / "metrics.json").unlink()  # as if killed after its last epoch: the next call resumes
+    shutil.copy(folder / "test.json", data_dir / "test.json")  # a test split may arrive later: not hashed
+    dev = (data_dir / "dev.json").read_text()
+    edit(data_dir / "dev.json", lambda rows: rows[1:])
+    with pytest.raises(ConfigMismatchError, match=rf"{data_dir / 'dev.json'} changed since the run in {out}"):
+        train_model(config, out)
+    (data_dir / "dev.json").write_text(dev)
+    assert "test" in train_model(config, out)
+
+    new_op = {"Problem": "a triangle has sides 3 , 4 and 5", "linear_formula": "triangle_area_three_edges(n0,n1,n2)",
+              "answer": 6}
+    edit(data_dir / "train.json", lambda rows: [*rows, new_op])
+    with pytest.raises(ConfigMismatchError, match=r"train\.json changed"):
+        train_model(config, out)
+    assert "triangle_area_three_edges" not in data.Vocab.load(out / "tgt_vocab.json").itos
+    (out / "decodings.json").write_text("{}")
+    (out / "predictions" / "test_beam3_grammar.json").write_text("[]")
+    train_model(config, out, force=True)
+    assert "triangle_area_three_edges" in data.Vocab.load(out / "tgt_vocab.json").itos
+    assert not (out / "decodings.json").exists()
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == ["dev.json", "test.json"]
 
 
 def test_early_stopping_without_learning(folder, tmp_path):

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from functools import partial
 from pathlib import Path
 
 from col775.core.config import add_config_args, config_from_args
+from col775.mathqa import data
 from col775.mathqa.models import KINDS
 from col775.mathqa.score import SubmissionError, load_submission, score_records, write_verdicts
-from col775.mathqa.train import MathqaConfig, train_model
+from col775.mathqa.train import MathqaConfig, data_dir, load_trained, predict, run_config, train_model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -112,30 +114,69 @@ def _run_study(args: argparse.Namespace) -> int:
 def _add_decode(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "decode",
-        help="decode a trained run again with another beam size or grammar setting",
-        description="Decode SPLIT of a trained run folder from its best checkpoint, write "
-                    "RUN/predictions/<split>_beam<k>_<grammar|free>.json (the course's submission format) "
-                    "and print the scores as JSON (percentages; 'executable' is the share of predictions "
-                    "that run at all). Scores are cached in RUN/decodings.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="decode a split of a trained run, or any file of problems, with another beam size or grammar setting",
+        description="Decode with a trained run's best checkpoint and its own vocabularies, and print the scores "
+                    "as JSON (percentages; 'executable' is the share of predictions that run at all). Either "
+                    "SPLIT of the run's data, written to RUN/predictions/<split>_beam<k>_<grammar|free>.json "
+                    "(scores cached in RUN/decodings.json), or --file: any JSON list of problems in the course's "
+                    "format (a test set that arrived after training), written to --out. Both in the course's "
+                    "submission format. Beam size and grammar default to the run's own.",
     )
     parser.add_argument("run", type=Path, help="a run folder written by `col775 mathqa train`")
-    parser.add_argument("--split", default="dev", help="dev, test (when the data has it) or train")
-    parser.add_argument("--beam-size", type=int, default=10)
-    parser.add_argument("--grammar", action=argparse.BooleanOptionalAction, default=False,
-                        help="allow only well-formed programs")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--split", choices=data.SPLITS, default="dev", help="a split of the run's data")
+    source.add_argument("--file", type=Path, help="a JSON list of {Problem, linear_formula, answer}")
+    parser.add_argument("--out", type=Path, help="with --file: where the predictions go "
+                                                 "(default RUN/predictions/file-<name>_beam<k>_<grammar|free>.json)")
+    parser.add_argument("--beam-size", type=int, default=None, help="default: the run's beam_size")
+    parser.add_argument("--grammar", action=argparse.BooleanOptionalAction, default=None,
+                        help="allow only well-formed programs (default: the run's grammar setting)")
     parser.add_argument("--device", default="auto")
-    parser.set_defaults(handler=_run_decode)
+    parser.set_defaults(handler=partial(_run_decode, parser=parser))
 
 
-def _run_decode(args: argparse.Namespace) -> int:
+def _run_decode(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from col775.mathqa.study import Decoding, decode
 
     if not (args.run / "metrics.json").is_file():
         raise SystemExit(f"{args.run} has no metrics.json: train it to the end first (`col775 mathqa train --out {args.run}`)")
-    wanted = Decoding(args.split, args.beam_size, args.grammar)
-    print(json.dumps(decode(args.run, [wanted], args.device)[wanted.name], indent=2))
+    if args.out is not None and args.file is None:
+        parser.error("--out goes with --file (a split's predictions are written inside the run folder)")
+    config, _ = run_config(args.run)
+    beam = config.beam_size if args.beam_size is None else args.beam_size
+    if beam < 1:
+        parser.error(f"--beam-size must be at least 1, got {beam}")
+    grammar = config.grammar if args.grammar is None else args.grammar
+    if args.file is not None:
+        scores = _decode_file(args.run, args.file, Decoding(f"file-{args.file.stem}", beam, grammar), args.out,
+                              args.device)
+    else:
+        if not (data_dir(config) / f"{args.split}.json").is_file():
+            raise FileNotFoundError(f"{data_dir(config) / f'{args.split}.json'} does not exist: the run's data has no "
+                                    f"{args.split} split; decode a file of problems with --file PATH.json")
+        wanted = Decoding(args.split, beam, grammar)
+        scores = decode(args.run, [wanted], args.device)[wanted.name]
+    print(json.dumps(scores, indent=2))
     return 0
+
+
+def _decode_file(run: Path, path: Path, wanted, out: Path | None, device: str) -> dict:
+    """Decode the problems of ``path`` as ``wanted`` (a study.Decoding) and score them; also counts how
+    many were cut to the run's length caps for the encoder (they are scored all the same)."""
+    from col775.mathqa.study import summarise
+
+    records = data.load_split(path)
+    if not records:
+        raise ValueError(f"{path} holds no problems")
+    model, config, prepared = load_trained(run, device)
+    loader = data.make_loader(prepared.encode(records), config.eval_batch_size, shuffle=False,
+                              wordpiece_pad_id=prepared.wordpiece_pad_id)
+    found, predicted = predict(model, loader, next(model.parameters()).device, wanted.beam, config.max_decode_len,
+                               config.length_penalty, wanted.grammar, desc=f"{path.name} {wanted.name}")
+    written = data.write_predictions(out or run / "predictions" / f"{wanted.name}.json", found, predicted)
+    print(f"predictions: {written}", file=sys.stderr)
+    truncated = data.count_over(records, config.max_source_len, config.max_target_len)
+    return summarise([{**r, "predicted": p} for r, p in zip(found, predicted)]) | {"truncated": truncated}
 
 
 _COMMANDS = (_add_score, _add_train, _add_study, _add_decode)

@@ -23,7 +23,9 @@ Targets are ``<bos>`` + ``programs.program_tokens(linear_formula)`` + ``<eos>``.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import logging
 import math
 import random
 import re
@@ -36,8 +38,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from col775.core.runs import atomic_write_bytes
 from col775.mathqa import programs
 
+log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
 MAX_NUMBERS = 40  # placeholders n0..n39 are always in the source vocabulary (train has at most 21)
 
@@ -49,13 +53,23 @@ _WORD = re.compile(r"\S+")
 # ---------------------------------------------------------------- files
 
 
+def _read(path: Path) -> bytes:
+    if not path.is_file():
+        raise FileNotFoundError(f"MathQA file {path} does not exist")
+    return path.read_bytes()
+
+
+def file_sha256(path: str | Path) -> str:
+    """Content hash of a data file (a resumed run checks that its train and dev files are unchanged)."""
+    return hashlib.sha256(_read(Path(path))).hexdigest()
+
+
 def load_split(path: str | Path) -> list[dict[str, Any]]:
     """Records of one course json file, each checked to have Problem, linear_formula and answer."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"MathQA file {path} does not exist")
+    text = _read(path)
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        records = json.loads(text.decode("utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON ({error})") from None
     if not isinstance(records, list):
@@ -145,6 +159,46 @@ def target_tokens(formula: str) -> list[str]:
     return programs.program_tokens(formula)
 
 
+def lengths(record: dict[str, Any]) -> tuple[int, int]:
+    """Source and program token counts of a record (what ``max_source_len``/``max_target_len`` bound)."""
+    return len(source_tokens(record["Problem"])), len(target_tokens(record["linear_formula"]))
+
+
+def count_over(records: Sequence[dict[str, Any]], max_source_len: int, max_target_len: int) -> int:
+    """How many records ``encode_records`` cuts: the source or the gold program longer than its cap."""
+    return sum(source > max_source_len or target > max_target_len for source, target in map(lengths, records))
+
+
+def training_records(records: Sequence[dict[str, Any]], max_source_len: int, max_target_len: int,
+                     where: str | Path) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The records fit to train on, and how many were left out: ``{"too_long": n, "bad_program": m}``.
+
+    Too long: more source tokens than ``max_source_len`` or program tokens than ``max_target_len``
+    (one huge problem would otherwise take the trainer's memory). Bad program: a gold program the
+    scorer cannot run whatever the numbers (an unknown operation, a wrong number of arguments, ...),
+    so it would only teach the decoder programs that score as wrong. Each reason gets one warning
+    that counts its records and names the first (``where`` names the file).
+    """
+    kept, dropped = [], {"too_long": [], "bad_program": []}
+    for index, record in enumerate(records):
+        source, target = lengths(record)
+        if source > max_source_len or target > max_target_len:
+            dropped["too_long"].append(f"record {index} has {source} source and {target} program tokens "
+                                       f"(max_source_len {max_source_len}, max_target_len {max_target_len})")
+            continue
+        try:
+            programs.parse_program(record["linear_formula"])
+        except programs.ProgramError as error:
+            dropped["bad_program"].append(f"record {index}: {error}")
+            continue
+        kept.append(record)
+    for reason, found in dropped.items():
+        if found:
+            log.warning("%s: %d training record(s) dropped (%s); the first: %s", where, len(found),
+                        reason.replace("_", " "), found[0])
+    return kept, {reason: len(found) for reason, found in dropped.items()}
+
+
 def wordpiece_numbers(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]],
                       max_numbers: int = MAX_NUMBERS) -> list[int]:
     """Per wordpiece: ``K + 1`` if it overlaps number K's span (K < max_numbers), else 0.
@@ -209,7 +263,8 @@ class Vocab:
         return [self.itos[i] for i in ids]
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"itos": self.itos}), encoding="utf-8")
+        """Written atomically: a run killed while saving keeps a readable vocabulary."""
+        atomic_write_bytes(Path(path), json.dumps({"itos": self.itos}).encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
@@ -246,13 +301,18 @@ class Example:
 
 
 def encode_records(records: Sequence[dict[str, Any]], src_vocab: Vocab, tgt_vocab: Vocab,
-                   tokenizer: Any = None, max_numbers: int = MAX_NUMBERS,
-                   max_wordpieces: int = 512) -> list[Example]:
-    """Encode records for a model; with a (fast, offset-giving) tokenizer also its wordpieces."""
+                   tokenizer: Any = None, max_numbers: int = MAX_NUMBERS, max_wordpieces: int = 512,
+                   max_source_len: int | None = None, max_target_len: int | None = None) -> list[Example]:
+    """Encode records for a model; with a (fast, offset-giving) tokenizer also its wordpieces.
+
+    Sources are cut to ``max_source_len`` tokens and gold programs to ``max_target_len`` (before
+    ``<eos>``), so no record, however long, makes a batch unbounded; scores read the records' own text.
+    """
     examples = []
     for record in records:
-        src = src_vocab.encode(source_tokens(record["Problem"])) or [src_vocab.unk_id]
-        tgt = [tgt_vocab.bos_id, *tgt_vocab.encode(target_tokens(record["linear_formula"])), tgt_vocab.eos_id]
+        src = src_vocab.encode(source_tokens(record["Problem"])[:max_source_len]) or [src_vocab.unk_id]
+        program = target_tokens(record["linear_formula"])[:max_target_len]
+        tgt = [tgt_vocab.bos_id, *tgt_vocab.encode(program), tgt_vocab.eos_id]
         examples.append(Example(record, src, tgt))
     if tokenizer is not None:
         encoded = tokenizer([r["Problem"] for r in records], return_offsets_mapping=True,

@@ -23,14 +23,16 @@ import logging
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
-from col775.core.config import from_dict, load_config, to_dict
+from col775.core.config import load_config, to_dict
 from col775.core.plots import line_plot
 from col775.core.report import Report
 from col775.core.runs import atomic_write_json, read_run
 from col775.mathqa import data
 from col775.mathqa.models import KINDS, model_name
 from col775.mathqa.score import load_submission, score_records
-from col775.mathqa.train import MathqaConfig, data_dir, load_trained, model_config, predict, split_role, train_model
+from col775.mathqa.train import (
+    MathqaConfig, data_dir, load_trained, model_config, predict, run_config, split_role, train_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,8 @@ def decode(run_dir: Path, wanted: Sequence[Decoding], device: str = "auto") -> d
     """Scores of each wanted decoding of a finished run, by ``Decoding.name``.
 
     The decoding the run itself ended with (its beam and grammar setting) is read back from
-    ``predictions/<split>.json``; the others are decoded from the best checkpoint and written to
+    ``predictions/<split>.json`` where training wrote one (not for train, nor a test.json added
+    after training); the others are decoded from the best checkpoint and written to
     ``predictions/<name>.json``. Scores are cached in ``decodings.json`` next to a fingerprint of
     the run's metrics.json, so a retrained run is decoded again and a resumed study is not.
     """
@@ -99,14 +102,15 @@ def decode(run_dir: Path, wanted: Sequence[Decoding], device: str = "auto") -> d
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     if cache.get("run") != stamp:
         cache = {"run": stamp, "scores": {}}
-    config = from_dict(MathqaConfig, read_run(run_dir)["config"], str(run_dir / "config.yaml"))
+    config, _ = run_config(run_dir)
     loaded = None
     for wanted_decoding in wanted:
         if wanted_decoding.name in cache["scores"]:
             continue
         split, beam, grammar = wanted_decoding
-        if beam == config.beam_size and grammar == config.grammar:
-            records = load_submission(run_dir / "predictions" / f"{split}.json")
+        written = run_dir / "predictions" / f"{split}.json"
+        if (beam, grammar) == (config.beam_size, config.grammar) and written.is_file():
+            records = load_submission(written)
         else:
             if loaded is None:
                 loaded = load_trained(run_dir, device)
@@ -130,11 +134,9 @@ def run_study(config: MathqaConfig, out: str | Path, force: bool = False,
     """Train every run (resuming or skipping finished ones), decode the variants, write the report."""
     out = Path(out)
     runs = study_runs(config, overrides)
-    for name, run_config in runs.items():
+    for name, settings in runs.items():
         log.info("study run %s", name)
-        if force:  # a retrained run may end with the same metrics.json: its old decodings must go anyway
-            (out / name / "decodings.json").unlink(missing_ok=True)
-        train_model(run_config, out / name, force=force)
+        train_model(settings, out / name, force=force)  # with force it also drops the run's old decodings
     results = {name: read_run(out / name) for name in runs}
     splits = [s for s in ("dev", "test") if s in results[model_run(KINDS[0])]["metrics"]]
     eval_split = splits[-1]

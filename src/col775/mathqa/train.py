@@ -8,6 +8,11 @@ end the best checkpoint decodes dev (and test, when the data has one) with beam 
 (``beam_size``, 10 in the course) and the predictions are written in the course's
 submission format (``predictions/<split>.json``: the records plus ``"predicted"``).
 Scores are percentages from ``score.score_records``.
+
+Data: training records longer than ``max_source_len``/``max_target_len`` tokens, or whose gold program
+the scorer cannot run, are left out; dev and test records are never left out (they are scored), only
+cut to the caps for the model. metrics.json counts both. config.yaml holds the SHA-256 of train.json
+and dev.json, and a resumed run refuses to go on if either changed; ``force`` starts the folder clean.
 """
 
 from __future__ import annotations
@@ -16,17 +21,20 @@ import dataclasses
 import functools
 import logging
 import math
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch.utils.data import DataLoader
 
-from col775.core.config import to_dict
-from col775.core.runs import RunDir
+from col775.core.config import from_dict, to_dict
+from col775.core.runs import ConfigMismatchError, RunDir
 from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything
 from col775.mathqa import data, synthetic
 from col775.mathqa.data import MAX_NUMBERS
@@ -55,6 +63,10 @@ class MathqaConfig:
     cache_dir: str | None = None  # where generated data goes; default ~/.cache/col775
     src_min_freq: int = 1
     max_numbers: int = MAX_NUMBERS
+    # length caps, in tokens (data.lengths): longer training records are dropped, longer dev/test ones cut.
+    # The course's longest problem has 356 source tokens and its longest program 196 tokens (train).
+    max_source_len: int = 1000
+    max_target_len: int = 500
     # model (see models.ModelConfig)
     model: str = "lstm_attn"  # lstm | lstm_attn | bert_frozen | bert_finetune
     hidden_size: int = 256
@@ -124,26 +136,83 @@ class Prepared:
     tgt_vocab: data.Vocab
     splits: dict[str, list[data.Example]]
     wordpiece_pad_id: int
+    encode: Callable[[list[dict]], list[data.Example]]  # more records, encoded as the splits were
+    dropped: dict[str, int]  # training records left out, by reason (data.training_records)
+    truncated: dict[str, int]  # per evaluated split, records whose source or gold program was cut
 
 
-def prepare(config: MathqaConfig, vocab_dir: Path | None = None) -> Prepared:
-    """Load the data, build (or reload from ``vocab_dir``) the vocabularies, encode every split."""
-    records = data.load_mathqa(data_dir(config))
-    saved = vocab_dir is not None and (vocab_dir / "tgt_vocab.json").is_file()
-    if saved:
-        src_vocab = data.Vocab.load(vocab_dir / "src_vocab.json")
-        tgt_vocab = data.Vocab.load(vocab_dir / "tgt_vocab.json")
-    else:
-        src_vocab, tgt_vocab = data.build_vocabs(records["train"], config.src_min_freq, config.max_numbers)
-        if vocab_dir is not None:
-            src_vocab.save(vocab_dir / "src_vocab.json")
-            tgt_vocab.save(vocab_dir / "tgt_vocab.json")
+VOCAB_FILES = ("src_vocab.json", "tgt_vocab.json")
+
+
+def prepare(config: MathqaConfig, vocabs: tuple[data.Vocab, data.Vocab] | None = None) -> Prepared:
+    """Load the data, keep the training records fit to train on, encode every split.
+
+    The vocabularies are built from those training records, or are ``vocabs`` (a trained run's own).
+    """
+    folder = data_dir(config)
+    records = data.load_mathqa(folder)
+    records["train"], dropped = data.training_records(records["train"], config.max_source_len,
+                                                      config.max_target_len, folder / "train.json")
+    src_vocab, tgt_vocab = vocabs or data.build_vocabs(records["train"], config.src_min_freq, config.max_numbers)
     tokenizer = load_tokenizer(config.encoder_path or None) if config.model.startswith("bert") else None
-    splits = {name: data.encode_records(rows, src_vocab, tgt_vocab, tokenizer, config.max_numbers,
-                                        config.max_wordpieces)
-              for name, rows in records.items()}
+    encode = functools.partial(data.encode_records, src_vocab=src_vocab, tgt_vocab=tgt_vocab, tokenizer=tokenizer,
+                               max_numbers=config.max_numbers, max_wordpieces=config.max_wordpieces,
+                               max_source_len=config.max_source_len, max_target_len=config.max_target_len)
+    truncated = {name: data.count_over(rows, config.max_source_len, config.max_target_len)
+                 for name, rows in records.items() if name != "train"}
+    for name, count in truncated.items():
+        if count:
+            log.warning("%s: %d record(s) cut to max_source_len %d / max_target_len %d tokens (scored all the same)",
+                        folder / f"{name}.json", count, config.max_source_len, config.max_target_len)
     pad = tokenizer.pad_token_id if tokenizer is not None else 0
-    return Prepared(src_vocab, tgt_vocab, splits, pad)
+    return Prepared(src_vocab, tgt_vocab, {name: encode(rows) for name, rows in records.items()}, pad, encode,
+                    dropped, truncated)
+
+
+# ---------------------------------------------------------------- the run folder's own files
+
+DATA_HASHES = "data_sha256"  # the key of config.yaml holding the content hashes of train.json and dev.json
+OUTPUTS = (*VOCAB_FILES, "decodings.json", "predictions")  # what --force removes besides RunDir's files
+
+
+def data_hashes(config: MathqaConfig) -> dict[str, str]:
+    """SHA-256 of the run's train.json and dev.json (a test.json may arrive later, so it is left out)."""
+    folder = data_dir(config)
+    return {name: data.file_sha256(folder / name) for name in ("train.json", "dev.json")}
+
+
+def check_data_unchanged(out_dir: Path, config: MathqaConfig, hashes: dict[str, str]) -> None:
+    """Refuse to resume (or return) a run whose train or dev file changed since it started:
+    its vocabularies, weights and scores belong to the old file."""
+    started = (out_dir / "checkpoints" / "last.pt").is_file() or (out_dir / "metrics.json").is_file()
+    if not started or not (out_dir / "config.yaml").is_file():
+        return
+    old = (yaml.safe_load((out_dir / "config.yaml").read_text()) or {}).get(DATA_HASHES) or {}
+    for name, digest in hashes.items():
+        if old.get(name, digest) != digest:
+            raise ConfigMismatchError(
+                f"{data_dir(config) / name} changed since the run in {out_dir} started (sha256 {old[name][:12]} "
+                f"then, {digest[:12]} now). Restore the file, pass --force to train again, or choose another --out.")
+
+
+def clear_outputs(out_dir: Path) -> None:
+    """Remove the vocabularies, predictions and cached decodings of an earlier run in ``out_dir``."""
+    for name in OUTPUTS:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def run_config(out_dir: str | Path) -> tuple[MathqaConfig, dict[str, str]]:
+    """The settings a run folder was trained with, and the data hashes its config.yaml holds."""
+    path = Path(out_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{out_dir} is not a MathQA run folder (no config.yaml); train it first")
+    settings = yaml.safe_load(path.read_text()) or {}
+    hashes = settings.pop(DATA_HASHES, {})
+    return from_dict(MathqaConfig, settings, str(path)), hashes
 
 
 def build_scheduler(config: MathqaConfig, optimizer: torch.optim.Optimizer, total_steps: int | list[int]):
@@ -284,11 +353,18 @@ def train_model(config: MathqaConfig, out_dir: str | Path, force: bool = False) 
     """Train (or resume, or skip when finished) one run in ``out_dir``; returns its metrics.json content."""
     seed_everything(config.seed)
     device = pick_device(config.device)
-    run = RunDir(out_dir, to_dict(config), force=force)
+    hashes = data_hashes(config)
+    if not force:
+        check_data_unchanged(Path(out_dir), config, hashes)
+    run = RunDir(out_dir, to_dict(config) | {DATA_HASHES: hashes}, force=force)
+    if force:
+        clear_outputs(run.path)
     if run.finished:
         log.info("%s already finished; pass --force to train it again", out_dir)
         return run.final_metrics()
-    prepared = prepare(config, run.path)
+    prepared = prepare(config)
+    prepared.src_vocab.save(run.path / VOCAB_FILES[0])
+    prepared.tgt_vocab.save(run.path / VOCAB_FILES[1])
     model = make_model(config, prepared, device)
     train_loader = make_train_loader(prepared.splits["train"], config.batch_size, config.seed,
                                      prepared.wordpiece_pad_id)
@@ -343,22 +419,19 @@ def train_model(config: MathqaConfig, out_dir: str | Path, force: bool = False) 
                 "split_roles": {split: split_role(split) for split in loaders},
                 # gold programs with a token no training program has (encoded <unk>): never matched exactly
                 "gold_programs_with_unseen_tokens": {
-                    split: sum(prepared.tgt_vocab.unk_id in e.tgt for e in prepared.splits[split]) for split in loaders}}
+                    split: sum(prepared.tgt_vocab.unk_id in e.tgt for e in prepared.splits[split]) for split in loaders},
+                "train_dropped_too_long": prepared.dropped["too_long"],
+                "train_dropped_bad_program": prepared.dropped["bad_program"]}
+    metrics |= {f"{split}_truncated": count for split, count in prepared.truncated.items()}
     run.finish(metrics)
     return metrics
 
 
 def load_trained(out_dir: str | Path, device: str = "auto") -> tuple[Seq2Seq, MathqaConfig, Prepared]:
-    """The best model of a finished or partial run folder, with its config and encoded data."""
-    import yaml
-
-    from col775.core.config import from_dict
-
+    """The best model of a finished or partial run folder, with its config and data encoded with its vocabularies."""
     out_dir = Path(out_dir)
-    if not (out_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{out_dir} is not a MathQA run folder (no config.yaml); train it first")
-    config = from_dict(MathqaConfig, yaml.safe_load((out_dir / "config.yaml").read_text()), str(out_dir))
-    prepared = prepare(config, out_dir)
+    config, hashes = run_config(out_dir)
+    prepared = prepare(config, tuple(data.Vocab.load(out_dir / name) for name in VOCAB_FILES))
     model = make_model(config, prepared, pick_device(device))
-    RunDir(out_dir, to_dict(config)).load_best({"model": model})
+    RunDir(out_dir, to_dict(config) | {DATA_HASHES: hashes}).load_best({"model": model})
     return model, config, prepared
