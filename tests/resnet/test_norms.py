@@ -207,6 +207,39 @@ def test_clamp_gates_after_an_optimiser_step() -> None:
     assert ((layer.rho >= 0) & (layer.rho <= 1)).all()
 
 
+def test_training_clamps_the_gates_after_every_step(tmp_path, monkeypatch) -> None:
+    """A BIN run's steps push gates out of [0, 1]; what training keeps is exactly the clamped gate."""
+    from col775.resnet import train as train_module
+    from col775.resnet.config import ResnetConfig
+
+    before, stepped, models = [], [], []  # the gates before and right after each optimiser step
+    real_optimizer = train_module.build_optimizer
+
+    def spied_optimizer(config, model):
+        optimizer = real_optimizer(config, model)
+        gates = [m.rho for m in model.modules() if isinstance(m, BatchInstanceNorm2d)]
+        optimizer.register_step_pre_hook(lambda *_: before.append(torch.cat([g.detach().clone() for g in gates])))
+        optimizer.register_step_post_hook(lambda *_: stepped.append(torch.cat([g.detach().clone() for g in gates])))
+        models.append(model)
+        return optimizer
+
+    monkeypatch.setattr(train_module, "build_optimizer", spied_optimizer)
+    config = ResnetConfig(
+        image_size=16, synthetic_train_per_class=4, synthetic_val_per_class=1, synthetic_test_per_class=1, n=1,
+        norm="bin", epochs=1, max_steps_per_epoch=2, batch_size=16, lr=5.0, warmup_epochs=0, device="cpu",
+        cache_dir=str(tmp_path / "cache"),
+    )
+    train_module.train(config, tmp_path / "run")
+    assert len(stepped) == 2
+    for after in stepped:
+        assert ((after < 0) | (after > 1)).sum() > 10  # each step left [0, 1] for many gates
+    # the second step starts from the first step's gates clamped, and training keeps the second's
+    # clamped (its last checkpoint is also its best)
+    assert torch.equal(before[1], stepped[0].clamp(0, 1))
+    kept = torch.cat([m.rho.detach() for m in models[0].modules() if isinstance(m, BatchInstanceNorm2d)])
+    assert torch.equal(kept, stepped[1].clamp(0, 1))
+
+
 @pytest.mark.parametrize(
     "kind, cls",
     [

@@ -1,18 +1,28 @@
-"""The study end to end on a tiny generated set: every run, the report, Grad-CAM grids."""
+"""The study end to end on a tiny generated set: every run, the report, Grad-CAM grids, diverged runs."""
 
+import dataclasses
+import json
+import math
 import re
 
-from col775.resnet.study import run_study, study_runs
+import pytest
+
+from col775.core.training import NonFiniteLossError
+from col775.resnet import study as study_module
+from col775.resnet import train as train_module
 from col775.resnet.config import ResnetConfig
+from col775.resnet.study import run_study, study_runs, train_or_record_divergence
 
 
-def tiny_study(tmp_path) -> ResnetConfig:
-    return ResnetConfig(
+def tiny_study(tmp_path, **changes) -> ResnetConfig:
+    values = dict(
         image_size=16, synthetic_train_per_class=4, synthetic_val_per_class=3, synthetic_test_per_class=2,
         n=1, epochs=2, batch_size=16, eval_batch_size=128, warmup_epochs=0, device="cpu",
         cache_dir=str(tmp_path / "cache"), study_norms=["torch_bn", "bn", "gn"], study_batch_sizes=[8, 32],
-        study_batch_patience=1, gradcam_classes=["Cattle-Egret", "Indian-Peacock", "Not-A-Bird"], gradcam_per_kind=2,
+        study_batch_patience=1, gradcam_classes=["Cattle Egret", "indian-peacock"], gradcam_per_kind=2,
     )
+    values.update(changes)
+    return ResnetConfig(**values)
 
 
 def test_runs_cover_every_variant_and_batch_size(tmp_path):
@@ -30,10 +40,51 @@ def test_study_writes_a_report_with_tables_curves_and_gradcam(tmp_path):
         assert (out / name / "metrics.json").is_file()
     assert "Sanity check: torch BatchNorm2d against our BN" in md
     assert "Batch size: BN and GN" in md
-    # the two named classes that exist get a grid; the unknown one is ignored
+    # the names as the assignment writes them find their folders (Cattle-Egret, Indian-Peacock)
     assert (out / "gradcam" / "gradcam_Cattle-Egret.png").is_file()
     assert (out / "gradcam" / "gradcam_Indian-Peacock.png").is_file()
     for figure in re.findall(r"\]\((figures/[^)]+)\)", md):
         assert (out / figure).is_file()
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == md.count("](figures/")
+
+
+def test_a_gradcam_class_matching_no_folder_stops_the_study_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "train_epoch", lambda *a, **k: pytest.fail("trained before checking classes"))
+    config = tiny_study(tmp_path, gradcam_classes=["Cattle Egret", "Copper Barbet"])
+    with pytest.raises(ValueError, match=r"'Copper Barbet' matches no class folder in .*train \(closest: Coppersmith-Barbet"):
+        run_study(config, tmp_path / "study")
+    assert not (tmp_path / "study").exists()
+
+
+def test_a_diverged_run_is_recorded_reported_and_not_retrained_and_the_study_goes_on(tmp_path, monkeypatch):
+    config = tiny_study(tmp_path, epochs=1, gradcam_classes=["Cattle Egret"], gradcam_per_kind=1)
+    runs = {"norm-bn": dataclasses.replace(config, norm="bn"), "norm-nn": dataclasses.replace(config, norm="nn", lr=1e6)}
+    monkeypatch.setattr(study_module, "study_runs", lambda _config: runs)
+    out = tmp_path / "study"
+
+    run_study(config, out)
+    record = json.loads((out / "norm-nn" / "diverged.json").read_text())
+    assert record["epoch"] == 0 and math.isfinite(record["last_finite_loss"])
+    assert re.search(r"loss became (nan|inf) at epoch 1, step \d+", record["error"])
+    assert (out / "norm-bn" / "metrics.json").is_file() and not (out / "norm-nn" / "metrics.json").exists()
+    row = f"| no norm | diverged at epoch 1 (last finite loss {record['last_finite_loss']:.4g}) |"
+    assert row in (out / "report.md").read_text()
+    assert "Grad-CAM of the best model (norm-bn)" in (out / "report.md").read_text()
+
+    # the study assembled again from its folders sees the divergence and trains nothing
+    real_epoch = train_module.train_epoch
+    monkeypatch.setattr(train_module, "train_epoch", lambda *a, **k: pytest.fail("retrained a recorded run"))
+    run_study(config, out)
+    assert row in (out / "report.md").read_text()
+
+    # a single `train` of that folder stops with the usual error
+    monkeypatch.setattr(train_module, "train_epoch", real_epoch)
+    with pytest.raises(NonFiniteLossError, match=r"at epoch 1, step \d+\. The run stops here"):
+        train_module.train(runs["norm-nn"], out / "norm-nn")
+
+    # --force trains the run again
+    monkeypatch.setattr(train_module, "train_epoch", lambda *a, **k: pytest.fail("retrained"))
+    with pytest.raises(pytest.fail.Exception, match="retrained"):
+        train_or_record_divergence(runs["norm-nn"], out / "norm-nn", force=True)
+    assert not (out / "norm-nn" / "diverged.json").exists()

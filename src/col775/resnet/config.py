@@ -53,10 +53,10 @@ class ResnetConfig:
     study_norms: list[str] = field(default_factory=lambda: ["torch_bn", "bn", "in", "bin", "ln", "gn", "nn"])
     study_batch_sizes: list[int] = field(default_factory=lambda: [8, 128])
     study_batch_patience: int = 10
-    gradcam_classes: list[str] = field(
+    gradcam_classes: list[str] = field(  # as the assignment writes them; gradcam.match_classes finds the folders
         default_factory=lambda: [
-            "Cattle-Egret", "Coppersmith-Barbet", "Indian-Peacock", "Red-Wattled-Lapwing",
-            "Ruddy-Shelduck", "White-Breasted-Kingfisher", "White-Breasted-Waterhen",
+            "Cattle Egret", "Copper-smith Barbet", "Indian Peacock", "Red Wattled Lapwing",
+            "Ruddy Shelduck", "White Breasted Kingfisher", "White Breasted Waterhen",
         ]
     )  # fmt: skip
     gradcam_per_kind: int = 5  # images per class, correctly and wrongly classified each

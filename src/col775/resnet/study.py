@@ -5,11 +5,14 @@ Runs, each a run folder under the study's output folder:
                          model of section 1.1, bn/in/bin/ln/gn/nn the six variants of section 2
     batch-<kind>-b<B>    BN and GN at each of `study_batch_sizes`, with early stopping on val accuracy
 Then Grad-CAM on the run with the best val accuracy, and one report with every number and setting.
+A run whose loss goes NaN or inf is recorded as diverged (`diverged.json` in its folder) and reported
+so; the study goes on with the others and does not train it again unless `force` is given.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -17,11 +20,11 @@ import numpy as np
 
 from col775.core.plots import line_plot
 from col775.core.report import Report
-from col775.core.runs import RunDir, read_run
-from col775.core.training import pick_device
+from col775.core.runs import RunDir, atomic_write_json, read_run
+from col775.core.training import NonFiniteLossError, pick_device
 from col775.resnet.config import ResnetConfig, run_fields
-from col775.resnet.gradcam import gradcam_grids
-from col775.resnet.train import build_model, evaluate, make_loaders, train
+from col775.resnet.gradcam import gradcam_grids, match_classes
+from col775.resnet.train import RunDiverged, build_model, evaluate, make_loaders, train
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +46,63 @@ def study_runs(config: ResnetConfig) -> dict[str, ResnetConfig]:
 
 
 def run_study(config: ResnetConfig, out: str | Path, force: bool = False) -> Report:
-    """Train every run (resuming or skipping finished ones), then Grad-CAM, then the report."""
+    """Train every run (resuming or skipping finished ones), then Grad-CAM, then the report.
+
+    The Grad-CAM class names are matched to the data's class folders first, so a name that matches
+    none stops the study before it trains anything.
+    """
     out = Path(out)
+    info = make_loaders(config).info
+    chosen = match_classes(config.gradcam_classes, info.classes, info.root / "train")
     runs = study_runs(config)
+    diverged = {}
     for name, run_config in runs.items():
         log.info("study run %s", name)
-        train(run_config, out / name, force=force)
-    results = {name: read_run(out / name) for name in runs}
+        record = train_or_record_divergence(run_config, out / name, force)
+        if record is not None:
+            diverged[name] = read_run(out / name) | {"diverged": record}
+    results = {name: read_run(out / name) for name in runs if name not in diverged}
+    if not results:
+        raise NonFiniteLossError(f"every run of the study in {out} diverged; lower --lr or set --grad-clip")
     best_name = max(results, key=lambda n: results[n]["metrics"]["val"]["accuracy"])
-    report = build_report(config, results, out)
-    add_gradcam(report, config, runs[best_name], out / best_name, out / "gradcam")
+    report = build_report(config, results, out, diverged)
+    add_gradcam(report, config, runs[best_name], out / best_name, out / "gradcam", chosen)
     path = report.write(out)
     log.info("report written to %s", path)
     return report
+
+
+def train_or_record_divergence(config: ResnetConfig, run_dir: Path, force: bool) -> dict | None:
+    """Train one run of the study; None when it finished, its divergence record when its loss went NaN.
+
+    The record (epoch, last finite loss, error, settings) is kept in `run_dir/diverged.json`, so running
+    the study again reports the run as diverged without training it; `force`, new settings or a
+    metrics.json written since (the run finished after all) make it train as usual.
+    """
+    path = run_dir / "diverged.json"
+    settings = json.loads(json.dumps(run_fields(config)))
+    if path.is_file() and not force and not (run_dir / "metrics.json").is_file():
+        record = json.loads(path.read_text())
+        if record["settings"] == settings:
+            return record
+    path.unlink(missing_ok=True)
+    try:
+        train(config, run_dir, force=force)
+    except RunDiverged as error:
+        log.warning("%s diverged; the study goes on without it: %s", run_dir, error)
+        record = {"epoch": error.epoch, "last_finite_loss": error.last_finite_loss, "error": str(error),
+                  "settings": settings}
+        atomic_write_json(path, record)
+        return record
+    return None
+
+
+def diverged_text(record: dict) -> str:
+    """How the report shows a diverged run, e.g. "diverged at epoch 3 (last finite loss 2.31)"."""
+    loss = record["last_finite_loss"]
+    return f"diverged at epoch {record['epoch'] + 1} " + (
+        f"(last finite loss {loss:.4g})" if loss is not None else "(at its first step)"
+    )
 
 
 def _fmt(value: float) -> str:
@@ -79,7 +126,7 @@ def _curves(results: dict[str, dict], names: list[str], key: str, title: str, pa
     return line_plot(series, path, title=title, ylabel=key)
 
 
-def build_report(config: ResnetConfig, results: dict[str, dict], out: Path) -> Report:
+def build_report(config: ResnetConfig, results: dict[str, dict], out: Path, diverged: dict[str, dict]) -> Report:
     figures = out / "figures"
     report = Report("ResNet normalisation study")
     data = next(iter(results.values()))["metrics"]["data"]
@@ -109,7 +156,12 @@ def build_report(config: ResnetConfig, results: dict[str, dict], out: Path) -> R
         row += [_fmt(m[split][key]) for split in ("train", "val", "test") for key in ("accuracy", "micro_f1", "macro_f1")]
         row += [(m["best_epoch"] or 0) + 1, m["epochs_run"], f"{m['images_per_second']:.1f}"]
         rows.append(row)
+    for name, run in diverged.items():
+        rows.append([_label(name, run), diverged_text(run["diverged"])] + [""] * (len(headers) - 2))
     report.table(headers, rows)
+    if diverged:
+        report.text(f"Runs whose loss became NaN or inf ({', '.join(diverged)}) are left out of the curves and "
+                    "comparisons below; each folder's diverged.json says where, and `--force` trains them again.")
 
     report.heading("Curves of every variant")
     for key, title in CURVES:
@@ -132,7 +184,7 @@ def build_report(config: ResnetConfig, results: dict[str, dict], out: Path) -> R
     report.heading("Observations")
     report.text(observations(results))
     report.heading("Settings of every run")
-    for name, run in results.items():
+    for name, run in (results | diverged).items():
         report.settings(name, run["config"])
     return report
 
@@ -199,18 +251,15 @@ def observations(results: dict[str, dict]) -> str:
     return " ".join(parts)
 
 
-def add_gradcam(report: Report, config: ResnetConfig, best: ResnetConfig, run_dir: Path, out: Path) -> None:
-    """Grad-CAM grids of the best run on validation images of the chosen classes."""
+def add_gradcam(report: Report, config: ResnetConfig, best: ResnetConfig, run_dir: Path, out: Path,
+                chosen: list[str]) -> None:
+    """Grad-CAM grids of the best run on validation images of the chosen class folders."""
     device = pick_device(best.device)
     loaders = make_loaders(best)
     model = build_model(best, loaders.info.num_classes).to(device)
     RunDir(run_dir, run_fields(best)).load_best({"model": model})
     val = evaluate(model, loaders.val, device, loaders.info.num_classes, best.amp, "Grad-CAM predictions")
-    chosen = [c for c in config.gradcam_classes if c in loaders.info.classes]
     report.heading(f"Grad-CAM of the best model ({run_dir.name})")
-    if not chosen:
-        report.text(f"None of the Grad-CAM classes {config.gradcam_classes} is in the data; set --gradcam-classes.")
-        return
     maps = gradcam_grids(model, loaders.val.dataset, val.predictions, val.labels, loaders.info.classes, chosen,
                          config.gradcam_per_kind, out, device)
     short = [f"{m.name} ({m.correct} correct, {m.wrong} wrong)" for m in maps

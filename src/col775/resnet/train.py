@@ -26,7 +26,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from col775.core.runs import RunDir
-from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything
+from col775.core.training import EarlyStopping, NonFiniteLossError, optimise, pick_device, progress, seed_everything
 from col775.resnet.config import ResnetConfig, run_fields
 from col775.resnet.augment import BatchAugment
 from col775.resnet.data import Loaders, build_loaders, normalize
@@ -35,6 +35,16 @@ from col775.resnet.resnet import ResNet
 from col775.resnet.synthetic import BIRDS25_CLASSES, generate_image_folder
 
 log = logging.getLogger(__name__)
+
+
+class RunDiverged(NonFiniteLossError):
+    """The loss went NaN or inf in `epoch` (0-based); `last_finite_loss` is the epoch's last finite step
+    loss (None when its first step diverged). A study records it and goes on with its other runs."""
+
+    def __init__(self, message: str, epoch: int, last_finite_loss: float | None):
+        super().__init__(message)
+        self.epoch = epoch
+        self.last_finite_loss = last_finite_loss
 
 
 def cache_root(config: ResnetConfig) -> Path:
@@ -196,6 +206,7 @@ def train_epoch(model, loader, optimizer, scheduler, config: ResnetConfig, devic
     limit = config.max_steps_per_epoch or None
     total = min(len(loader), limit) if limit else len(loader)
     augment = BatchAugment(config.image_size) if config.augment == "device" else None
+    last_loss = None
     for step, (images, targets) in enumerate(progress(loader, f"epoch {epoch + 1} train", total=total)):
         if limit and step >= limit:
             break
@@ -203,10 +214,14 @@ def train_epoch(model, loader, optimizer, scheduler, config: ResnetConfig, devic
         with _autocast(device, config.amp):
             logits = model(images)
         loss = F.cross_entropy(logits.float(), targets)
-        optimise(loss, optimizer, f"epoch {epoch + 1}, step {step + 1}", config.grad_clip)
+        try:
+            optimise(loss, optimizer, f"epoch {epoch + 1}, step {step + 1}", config.grad_clip)
+        except NonFiniteLossError as error:
+            raise RunDiverged(str(error), epoch, last_loss) from error
         clamp_gates(model)  # BIN's rho must stay in [0, 1] after every step
         scheduler.step()
-        losses.append(loss.item() * len(targets))
+        last_loss = loss.item()
+        losses.append(last_loss * len(targets))
         predictions.append(logits.argmax(1).detach().cpu().numpy())
         labels.append(targets.cpu().numpy())
         seen += len(targets)
