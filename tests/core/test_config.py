@@ -47,7 +47,7 @@ def test_to_dict_is_plain():
     assert to_dict(Toy()) == {"lr": 0.1, "epochs": 3, "name": "a", "amp": False, "sizes": [1, 2]}
 
 
-def test_packaged_presets_are_found_without_a_checkout():
+def test_named_presets_are_package_data():
     """Every study's demo and course presets load as package data (importlib.resources), not from the source tree."""
     from importlib.resources import files
 

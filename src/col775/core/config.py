@@ -104,7 +104,7 @@ def _coerce(name: str, kind: Any, value: Any, source: str) -> Any:
     if kind in (int, float):
         return _number(kind, value, where)
     if kind is str:
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float, Path)):
             raise ValueError(f"{where} expects text, got {value!r} (quote it in YAML)")
         return str(value)
     return value
