@@ -112,3 +112,15 @@ def test_exact_conversions_are_kept(tmp_path):
     config = load_config(Toy, "toy", preset, {"epochs": "5.0", "lr": "1e-3"})
     assert (config.epochs, config.lr) == (5, 0.001)
     assert type(config.epochs) is int and type(config.lr) is float
+
+
+def test_broken_preset_is_one_error_line_from_the_cli(tmp_path, capsys):
+    from col775.cli import main
+
+    preset = tmp_path / "broken.yaml"
+    preset.write_text("epochs: [1, 2\nlr: 0.1\n")
+    assert main(["resnet", "train", "--preset", str(preset), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("col775: error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"col775: error: {preset}: invalid YAML at line 2"), err
