@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
 from col775.resnet import data
@@ -220,6 +221,38 @@ def test_existing_test_folder_is_used(tmp_path):
     assert not loaders.info.test_carved and loaders.info.test_fraction is None
     assert loaders.info.split_sizes == {"train": 4, "val": 4, "test": 4}
     assert all("/test/" in f for f in loaders.test.dataset.files)
+
+
+def test_images_in_class_subfolders_are_read_like_imagefolder(tmp_path):
+    """Nested images belong to their class folder, in torchvision ImageFolder's order, and are counted."""
+    counts = {s: {"Alpha": 2, "Beta": 2} for s in ("train", "val", "test")}
+    root = _make_tree(tmp_path / "data", counts)
+    rng = np.random.default_rng(1)
+    nested = {"train": ["Alpha/extra/a.png", "Alpha/extra/deeper/b.jpg", "Beta/sub-2/c.png"], "val": ["Beta/x/d.png"]}
+    for split, names in nested.items():
+        for name in names:
+            (root / split / name).parent.mkdir(parents=True, exist_ok=True)
+            _noise_image(rng).save(root / split / name)
+    (root / "train" / "Alpha" / "extra" / "notes.txt").write_text("not an image")
+
+    files, labels = data.scan_split(root / "train", ["Alpha", "Beta"])
+    reference = ImageFolder(root / "train").samples
+    assert [str(f) for f in files] == [path for path, _ in reference]
+    assert labels == [label for _, label in reference]
+
+    kwargs = dict(image_size=8, cache_dir=tmp_path / "cache", progress=False)
+    for loaders in (build_loaders(root, **kwargs), build_loaders(root, **kwargs)):  # built, then reused
+        info = loaders.info
+        assert info.split_sizes == {s: len(ImageFolder(root / s)) for s in ("train", "val", "test")}
+        assert info.from_subfolders == {"train": 3, "val": 1, "test": 0}
+        assert info.to_dict()["from_subfolders"] == {"train": 3, "val": 1, "test": 0}
+
+
+def test_training_folder_with_one_class_is_refused(tmp_path):
+    root = _make_tree(tmp_path / "data", {s: {"Only": 3} for s in ("train", "val")})
+    with pytest.raises(ValueError, match="at least two") as error:
+        build_loaders(root, image_size=8, cache_dir=tmp_path / "cache", progress=False)
+    assert str(root / "train") in str(error.value)
 
 
 @pytest.mark.parametrize("val_classes", [["Alpha"], ["Alpha", "Beta", "Gamma"], ["Alpha", "Delta"]])

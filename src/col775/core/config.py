@@ -1,7 +1,10 @@
 """Study configurations: a dataclass of defaults, a YAML preset over it, command-line flags over both.
 
 Every field of a study's config dataclass becomes a `--field-name` flag, so any preset value can be
-overridden on the command line without each study writing its own argument parser.
+overridden on the command line without each study writing its own argument parser. Named presets are
+package data (`col775/configs/<study>/<name>.yaml`), so an installed package finds them from any folder.
+A value is converted to its field's type only when nothing is lost (`epochs: 2.0` is 2; `epochs: 1.9`,
+`batch_size: true` and `--epochs 1.5` are errors naming the field and where the value came from).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import argparse
 import dataclasses
 import types
 import typing
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,21 +22,23 @@ import yaml
 
 T = TypeVar("T")
 
-CONFIG_ROOT = Path(__file__).resolve().parents[3] / "configs"
+PRESETS = files("col775") / "configs"
 
 
-def preset_path(study: str, preset: str | Path) -> Path:
-    """The YAML file of a preset: a path as given, or `configs/<study>/<preset>.yaml` of this checkout."""
+def preset_path(study: str, preset: str | Path) -> Traversable:
+    """The YAML file of a preset: a path as given, or the packaged `col775/configs/<study>/<preset>.yaml`."""
     path = Path(preset)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise FileNotFoundError(f"preset file {path} does not exist")
         return path
-    path = CONFIG_ROOT / study / f"{preset}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (CONFIG_ROOT / study).glob("*.yaml"))
-        raise FileNotFoundError(f"no preset '{preset}' for {study} at {path}; known presets: {known}")
-    return path
+    packaged = PRESETS / study / f"{preset}.yaml"
+    if not packaged.is_file():
+        folder = PRESETS / study
+        names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+        known = sorted(n.removesuffix(".yaml") for n in names if n.endswith(".yaml"))
+        raise FileNotFoundError(f"no preset '{preset}' for {study} at {packaged}; known presets: {known}")
+    return packaged
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -39,20 +46,51 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _coerce(name: str, kind: Any, value: Any) -> Any:
-    """Convert a YAML or command-line value to the field's declared type, with a clear error."""
+def _number(kind: type, value: Any, where: str) -> int | float:
+    """`value` as an int or float field's number, refusing any conversion that changes it.
+
+    Strings (command-line values) are parsed; a bool is not a number; an int field takes a float only
+    when it is whole (2.0 is 2, 1.9 is an error rather than a silent 1).
+    """
+    number = value
+    if isinstance(value, str):
+        text = value.strip()
+        for parse in (int, float):
+            try:
+                number = parse(text)
+                break
+            except ValueError:
+                continue
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise ValueError(f"{where} expects {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if kind is float:
+        return float(number)
+    if isinstance(number, float) and not number.is_integer():
+        raise ValueError(f"{where} expects an integer, got {value!r} (its fraction would be lost)")
+    return int(number)
+
+
+def _coerce(name: str, kind: Any, value: Any, source: str) -> Any:
+    """Convert a YAML or command-line value to the field's declared type, with a clear error.
+
+    `source` (a preset file or "command line") is named in the error with the field.
+    """
+    where = f"{source}: config field '{name}'"
     if value is None:
         return None
     origin = typing.get_origin(kind)
     args = typing.get_args(kind)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
-        return _coerce(name, inner[0], value) if len(inner) == 1 else value
+        return _coerce(name, inner[0], value, source) if len(inner) == 1 else value
     if origin in (list, tuple):
-        items = value.split(",") if isinstance(value, str) else list(value)
+        if isinstance(value, str):
+            items = value.split(",")
+        else:
+            items = list(value) if isinstance(value, (list, tuple)) else [value]
         items = [i for i in items if str(i).strip() != ""]
         element = args[0] if args else str
-        converted = [_coerce(name, element, i) for i in items]
+        converted = [_coerce(name, element, i, source) for i in items]
         return tuple(converted) if origin is tuple else converted
     if kind is bool:
         if isinstance(value, bool):
@@ -62,38 +100,52 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
             return True
         if text in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"config field '{name}' expects true/false, got {value!r}")
-    if kind in (int, float, str):
-        try:
-            return kind(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"config field '{name}' expects {kind.__name__}, got {value!r}") from None
+        raise ValueError(f"{where} expects true/false, got {value!r}")
+    if kind in (int, float):
+        return _number(kind, value, where)
+    if kind is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float, Path)):
+            raise ValueError(f"{where} expects text, got {value!r} (quote it in YAML)")
+        return str(value)
     return value
 
 
-def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
-    """Build `cls` from a mapping, rejecting unknown keys (a typo in a preset must not pass silently)."""
-    types_ = _field_types(cls)
+def _checked(types_: dict[str, Any], values: dict[str, Any], source: str) -> dict[str, Any]:
+    """`values` converted to their fields' types; unknown keys are an error (a typo must not pass silently)."""
     unknown = sorted(set(values) - set(types_))
     if unknown:
         raise ValueError(f"{source}: unknown field(s) {unknown}; valid fields are {sorted(types_)}")
-    return cls(**{k: _coerce(k, types_[k], v) for k, v in values.items()})
+    return {k: _coerce(k, types_[k], v, source) for k, v in values.items()}
+
+
+def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
+    """Build `cls` from a mapping read from `source`, which every error names."""
+    return cls(**_checked(_field_types(cls), values, source))
+
+
+def _read_preset(path: Traversable) -> dict[str, Any]:
+    """A preset file's mapping; a YAML syntax error names the file, line and column."""
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or error
+        raise ValueError(f"{path}: invalid YAML{at}: {problem}") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: a preset must be a mapping of field: value")
+    return loaded
 
 
 def load_config(cls: type[T], study: str, preset: str | Path | None, overrides: dict[str, Any]) -> T:
     """Defaults of `cls`, then the preset's YAML (if any), then `overrides` (None values are ignored)."""
+    types_ = _field_types(cls)
     values: dict[str, Any] = {}
     if preset is not None:
         path = preset_path(study, preset)
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: a preset must be a mapping of field: value")
-        values.update(loaded)
-        source = str(path)
-    else:
-        source = "command line"
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return from_dict(cls, values, source)
+        values.update(_checked(types_, _read_preset(path), str(path)))
+    values.update(_checked(types_, {k: v for k, v in overrides.items() if v is not None}, "command line"))
+    return cls(**values)
 
 
 def add_config_args(
@@ -103,7 +155,7 @@ def add_config_args(
 
     `aliases` gives a field a second flag (e.g. where a wrapper such as torchrun swallows a short one).
     """
-    parser.add_argument("--preset", default=None, help="preset name (configs/<study>/NAME.yaml) or a YAML path")
+    parser.add_argument("--preset", default=None, help="preset name (col775/configs/<study>/NAME.yaml) or a YAML path")
     group = parser.add_argument_group("config fields (override the preset)")
     for name, kind in _field_types(cls).items():
         if name in skip:

@@ -1,7 +1,7 @@
 """Settings of one ResNet run and of the whole study, with the defaults that train well.
 
-The course preset (configs/resnet/course.yaml) follows the assignment: SGD at an initial learning rate
-of 1e-4, batch 32, 50 epochs. At lr 1e-4 plain SGD barely moves a freshly initialised ResNet in 50
+The course preset (col775/configs/resnet/course.yaml) follows the assignment: SGD at an initial
+learning rate of 1e-4, batch 32, 50 epochs. At lr 1e-4 plain SGD barely moves a freshly initialised ResNet in 50
 epochs, so the default here is SGD with momentum 0.9 at lr 0.05, a short warm-up and cosine decay; the
 report always states which settings produced its numbers.
 """

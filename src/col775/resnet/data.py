@@ -6,6 +6,10 @@ Layout read (the course's and Kaggle's Birds_25 layout)::
     root/val/<Class>/*.jpg        required, same class folders as train
     root/test/<Class>/*.jpg       optional; without it a stratified test split is carved from train
 
+As in torchvision's ImageFolder, images in sub-folders of a class folder belong to that class (they are
+read recursively and counted in :class:`DatasetInfo`); hidden files and folders are left out. Training
+needs at least two class folders.
+
 Every image, whatever its size or mode (grayscale, RGBA, CMYK, palette, 16-bit), is decoded once,
 made ``image_size x image_size`` RGB and appended to a flat uint8 file that is then read as a
 ``numpy.memmap`` of shape (N, H, W, 3). The cache is keyed by the split's files (path, size,
@@ -65,7 +69,8 @@ Augment = Literal["sample", "batch", "none"]
 class DatasetInfo:
     """What was loaded, in the words a report needs.
 
-    ``split_sizes`` counts the images actually used (after skipping and carving);
+    ``split_sizes`` counts the images actually used (after skipping and carving), and
+    ``from_subfolders`` how many of those were read from sub-folders of a class folder;
     ``skipped`` lists the unreadable files (absolute paths) that were left out.
     """
 
@@ -77,6 +82,7 @@ class DatasetInfo:
     test_fraction: float | None
     image_size: int
     cache_dir: Path
+    from_subfolders: dict[str, int] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -88,6 +94,7 @@ class DatasetInfo:
             "root": str(self.root),
             "classes": list(self.classes),
             "split_sizes": dict(self.split_sizes),
+            "from_subfolders": dict(self.from_subfolders),
             "skipped": list(self.skipped),
             "num_skipped": len(self.skipped),
             "test_carved": self.test_carved,
@@ -137,11 +144,14 @@ def _class_folders(split_dir: Path) -> list[str]:
 
 
 def _image_files(class_dir: Path) -> list[Path]:
-    files = sorted(
-        p
-        for p in class_dir.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    """A class folder's images, its sub-folders' included, in torchvision ImageFolder's order."""
+    files = [
+        Path(folder, name)
+        for folder, _, names in sorted(os.walk(class_dir, followlinks=True))
+        for name in sorted(names)
+        if Path(name).suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in Path(folder, name).relative_to(class_dir).parts)
+    ]
     if not files:
         raise FileNotFoundError(
             f"no images in {class_dir} (extensions {sorted(IMAGE_EXTENSIONS)}); {LAYOUT_HELP}"
@@ -194,6 +204,8 @@ class ImageCache:
         self.labels: np.ndarray = np.load(directory / "labels.npy")
         self.files: list[str] = meta["files"]
         self.skipped: list[str] = meta["skipped"]
+        # Rows read from sub-folders of a class folder (caches built before they were read have none).
+        self.nested_rows: np.ndarray = np.asarray(meta.get("nested_rows", []), dtype=np.int64)
         self._images: np.ndarray | None = None
 
     @property
@@ -213,6 +225,7 @@ def _build_cache(
     source: str,
     files: Sequence[Path],
     labels: Sequence[int],
+    nested: Sequence[bool],
     image_size: int,
     target: Path,
     workers: int,
@@ -222,25 +235,29 @@ def _build_cache(
     """Decode ``files`` into a temporary folder beside ``target``, then rename it into place.
 
     ``source`` (the split folder and image size) is recorded so that caches left over from
-    earlier versions of the same folder can be deleted once this one is in place.
+    earlier versions of the same folder can be deleted once this one is in place; ``nested`` marks
+    the files read from sub-folders of their class folder.
     """
     tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     kept_labels: list[int] = []
     kept_files: list[str] = []
+    nested_rows: list[int] = []
     skipped: list[str] = []
     paths = [str(p) for p in files]
     try:
         with open(tmp / "images.u8", "wb") as out:
-            for path, label, result in zip(
-                paths, labels, _decode_all(paths, image_size, workers, progress, desc)
+            for path, label, is_nested, result in zip(
+                paths, labels, nested, _decode_all(paths, image_size, workers, progress, desc)
             ):
                 if isinstance(result, str):
                     logger.warning("skipping unreadable image %s (%s)", path, result)
                     skipped.append(path)
                     continue
                 out.write(result.tobytes())
+                if is_nested:
+                    nested_rows.append(len(kept_files))
                 kept_labels.append(label)
                 kept_files.append(path)
         if not kept_files:
@@ -251,6 +268,7 @@ def _build_cache(
             "shape": [len(kept_files), image_size, image_size, 3],
             "files": kept_files,
             "skipped": skipped,
+            "nested_rows": nested_rows,
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
         try:
@@ -311,6 +329,9 @@ def load_split(
     processes while building.
     """
     files, labels = scan_split(split_dir, classes)
+    nested = [path.parent.parent != split_dir for path in files]  # deeper than split/<Class>/<image>
+    if any(nested):
+        logger.info("%d images of %s are in sub-folders of class folders: read as that class", sum(nested), split_dir)
     root = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_ROOT).expanduser()
     target = root / f"{split_dir.name}-{image_size}-{_cache_key(files, labels, image_size)}"
     if (target / "meta.json").is_file():
@@ -321,7 +342,7 @@ def load_split(
     root.mkdir(parents=True, exist_ok=True)
     desc = f"caching {split_dir} at {image_size}px"
     source = f"{split_dir.resolve()} @ {image_size}px"
-    _build_cache(source, files, labels, image_size, target, workers, progress, desc)
+    _build_cache(source, files, labels, nested, image_size, target, workers, progress, desc)
     return ImageCache(target)
 
 
@@ -391,6 +412,11 @@ class CachedImageDataset(Dataset):
     @property
     def files(self) -> list[str]:
         return [self.cache.files[i] for i in self.indices]
+
+    @property
+    def from_subfolders(self) -> int:
+        """How many of these images were read from sub-folders of a class folder."""
+        return int(np.isin(self.indices, self.cache.nested_rows).sum())
 
     def _finish(self, pixels: torch.Tensor, row: int) -> tuple[torch.Tensor, int]:
         image = pixels.permute(2, 0, 1)  # (H, W, 3) -> (3, H, W), a view
@@ -550,6 +576,11 @@ def build_loaders(
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist; {LAYOUT_HELP}")
     classes = _class_folders(root / "train")
+    if len(classes) < 2:
+        raise ValueError(
+            f"{root / 'train'} has {len(classes)} class folder ({classes[0]}); a classifier needs at least "
+            f"two, or every prediction is trivially right; {LAYOUT_HELP}"
+        )
     has_test = (root / "test").is_dir()
     split_names = ["train", "val"] + (["test"] if has_test else [])
 
@@ -611,6 +642,7 @@ def build_loaders(
         root=root,
         classes=classes,
         split_sizes={name: len(dataset) for name, dataset in datasets.items()},
+        from_subfolders={name: dataset.from_subfolders for name, dataset in datasets.items()},
         skipped=skipped,
         test_carved=not has_test,
         test_fraction=None if has_test else test_fraction,

@@ -130,6 +130,7 @@ def build_report(config: ResnetConfig, results: dict[str, dict], out: Path, dive
     figures = out / "figures"
     report = Report("ResNet normalisation study")
     data = next(iter(results.values()))["metrics"]["data"]
+    nested = data.get("from_subfolders", {})  # absent from runs made before sub-folders were read
     report.text(
         f"A {6 * config.n + 2}-layer ResNet (n = {config.n}) on {len(data['classes'])} classes from "
         f"`{data['root']}` ({'generated data' if not config.data else 'user data'}), images "
@@ -140,6 +141,8 @@ def build_report(config: ResnetConfig, results: dict[str, dict], out: Path, dive
            "was held out as test. " if data["test_carved"] else "")
         + (f"{data['num_skipped']} unreadable images were skipped: {', '.join(data['skipped'][:10])}. "
            if data["num_skipped"] else "No image was unreadable. ")
+        + ("Images read from sub-folders of class folders, as that class: "
+           + ", ".join(f"{k} {v}" for k, v in nested.items()) + ". " if any(nested.values()) else "")
         + f"Optimiser {config.optimizer} (lr {config.lr}, momentum {config.momentum}, weight decay "
         f"{config.weight_decay}), schedule {config.schedule}, {config.epochs} epochs at most; numbers are "
         "from the checkpoint with the best validation accuracy, evaluated without augmentation."

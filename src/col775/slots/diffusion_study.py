@@ -32,6 +32,7 @@ from col775.core.report import Report
 from col775.core.runs import atomic_write_json, read_run
 from col775.core.training import pick_device, seed_everything
 from col775.slots.config import SlotsConfig
+from col775.slots.fid import inception_path
 from col775.slots.generation import to_uint8
 from col775.slots.slot_diffusion import DATA_FIELDS, SlotDiffusionConfig
 from col775.slots.study import slot_figure
@@ -225,6 +226,8 @@ def run_decoders(config: SlotsConfig, out: str | Path, force: bool = False) -> R
     one report, and with both the table that compares them."""
     from col775.slots.study import run_study
 
+    if config.fid:
+        inception_path()  # a missing FID network stops the study before training, not after it
     out = Path(out)
     if config.decoder == "sbd":
         return run_study(config, out, force)

