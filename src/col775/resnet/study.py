@@ -21,14 +21,13 @@ from col775.core.runs import RunDir, read_run
 from col775.core.training import pick_device
 from col775.resnet.config import ResnetConfig, run_fields
 from col775.resnet.gradcam import gradcam_grids
-from col775.resnet.train import build_model, evaluate, make_loaders, train
+from col775.resnet.train import CURVES, build_model, evaluate, make_loaders, plot_curves, train
 
 log = logging.getLogger(__name__)
 
 NAMES = {
     "torch_bn": "torch BatchNorm2d (1.1)", "bn": "BN", "in": "IN", "bin": "BIN", "ln": "LN", "gn": "GN", "nn": "no norm",
 }  # fmt: skip
-CURVES = (("loss", "error (cross-entropy)"), ("accuracy", "accuracy"), ("micro_f1", "micro F1"), ("macro_f1", "macro F1"))
 
 
 def study_runs(config: ResnetConfig) -> dict[str, ResnetConfig]:
@@ -69,16 +68,6 @@ def _label(name: str, run: dict) -> str:
     return f"{NAMES.get(config['norm'], config['norm'])}, batch {config['batch_size']}"
 
 
-def _curves(results: dict[str, dict], names: list[str], key: str, title: str, path: Path) -> Path:
-    series = {}
-    for name in names:
-        history = results[name]["history"]
-        epochs = [r["epoch"] + 1 for r in history]
-        for split in ("train", "val"):
-            series[f"{_label(name, results[name])} {split}"] = (epochs, [r[f"{split}/{key}"] for r in history])
-    return line_plot(series, path, title=title, ylabel=key)
-
-
 def build_report(config: ResnetConfig, results: dict[str, dict], out: Path) -> Report:
     figures = out / "figures"
     report = Report("ResNet normalisation study")
@@ -95,7 +84,10 @@ def build_report(config: ResnetConfig, results: dict[str, dict], out: Path) -> R
            if data["num_skipped"] else "No image was unreadable. ")
         + f"Optimiser {config.optimizer} (lr {config.lr}, momentum {config.momentum}, weight decay "
         f"{config.weight_decay}), schedule {config.schedule}, {config.epochs} epochs at most; numbers are "
-        "from the checkpoint with the best validation accuracy, evaluated without augmentation."
+        "from the checkpoint with the best validation accuracy, evaluated in eval mode without augmentation "
+        "on every image of each split. Per-epoch train curves are evaluated the same way on a fixed sample "
+        f"of {next(iter(results.values()))['metrics']['train_sample_size']} training images (seed {config.seed}); "
+        "the running numbers of the augmented training passes are in each run's metrics.jsonl as `train_aug/...`."
     )
 
     norm_runs = [n for n in results if n.startswith("norm-")]
@@ -120,9 +112,9 @@ def build_report(config: ResnetConfig, results: dict[str, dict], out: Path) -> R
         report.figure(line_plot(val_series, figures / f"variants_val_{key}.png", title=f"val {title}", ylabel=key),
                       f"Validation {title} of every normalisation variant")
     for name in norm_runs:
-        for key, title in CURVES[:2]:
-            report.figure(_curves(results, [name], key, f"{_label(name, results[name])}: {title}",
-                                  figures / f"{name}_{key}.png"), f"{_label(name, results[name])}: train and val {title}")
+        label = _label(name, results[name])
+        report.figure(plot_curves(results[name]["history"], figures / f"{name}_curves.png", label),
+                      f"{label}: train (eval mode, fixed sample) and val error, accuracy, micro F1 and macro F1")
 
     if "norm-torch_bn" in results and "norm-bn" in results:
         add_sanity_check(report, results["norm-torch_bn"], results["norm-bn"], figures)
@@ -205,7 +197,7 @@ def add_gradcam(report: Report, config: ResnetConfig, best: ResnetConfig, run_di
     loaders = make_loaders(best)
     model = build_model(best, loaders.info.num_classes).to(device)
     RunDir(run_dir, run_fields(best)).load_best({"model": model})
-    val = evaluate(model, loaders.val, device, loaders.info.num_classes, best.amp, "Grad-CAM predictions")
+    val = evaluate(model, loaders.val, device, best.amp, "Grad-CAM predictions")
     chosen = [c for c in config.gradcam_classes if c in loaders.info.classes]
     report.heading(f"Grad-CAM of the best model ({run_dir.name})")
     if not chosen:
