@@ -71,7 +71,8 @@ def _label(name: str, run: dict) -> str:
 def build_report(config: ResnetConfig, results: dict[str, dict], out: Path) -> Report:
     figures = out / "figures"
     report = Report("ResNet normalisation study")
-    data = next(iter(results.values()))["metrics"]["data"]
+    first = next(iter(results.values()))["metrics"]
+    data = first["data"]
     report.text(
         f"A {6 * config.n + 2}-layer ResNet (n = {config.n}) on {len(data['classes'])} classes from "
         f"`{data['root']}` ({'generated data' if not config.data else 'user data'}), images "
@@ -86,7 +87,7 @@ def build_report(config: ResnetConfig, results: dict[str, dict], out: Path) -> R
         f"{config.weight_decay}), schedule {config.schedule}, {config.epochs} epochs at most; numbers are "
         "from the checkpoint with the best validation accuracy, evaluated in eval mode without augmentation "
         "on every image of each split. Per-epoch train curves are evaluated the same way on a fixed sample "
-        f"of {next(iter(results.values()))['metrics']['train_sample_size']} training images (seed {config.seed}); "
+        f"of {first['train_sample_size']} training images (seed {config.seed}); "
         "the running numbers of the augmented training passes are in each run's metrics.jsonl as `train_aug/...`."
     )
 
