@@ -9,7 +9,6 @@ split included, so `--split train` reproduces metrics.json's train numbers.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,6 @@ from col775.core.training import pick_device
 from col775.resnet.config import ResnetConfig
 from col775.resnet.data import CachedImageDataset, _class_folders, eval_loader, load_split
 from col775.resnet.train import Evaluation, build_model, cache_root, evaluate, make_loaders
-
-log = logging.getLogger(__name__)
 
 _OWN_SPLITS = {"train": "train_eval", "val": "val", "test": "test"}
 

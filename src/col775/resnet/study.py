@@ -86,9 +86,10 @@ def build_report(config: ResnetConfig, results: dict[str, dict], out: Path) -> R
         + f"Optimiser {config.optimizer} (lr {config.lr}, momentum {config.momentum}, weight decay "
         f"{config.weight_decay}), schedule {config.schedule}, {config.epochs} epochs at most; numbers are "
         "from the checkpoint with the best validation accuracy, evaluated in eval mode without augmentation "
-        "on every image of each split. Per-epoch train curves are evaluated the same way on a fixed sample "
-        f"of {first['train_sample_size']} training images (seed {config.seed}); "
-        "the running numbers of the augmented training passes are in each run's metrics.jsonl as `train_aug/...`."
+        "on every image of each split. Per-epoch train curves are evaluated the same way on "
+        + (f"all {first['train_sample_size']} training images" if first["train_sample_size"] == data["split_sizes"]["train"]
+           else f"a fixed sample of {first['train_sample_size']} training images (seed {config.seed})")
+        + "; the running numbers of the augmented training passes are in each run's metrics.jsonl as `train_aug/...`."
     )
 
     norm_runs = [n for n in results if n.startswith("norm-")]
@@ -115,7 +116,7 @@ def build_report(config: ResnetConfig, results: dict[str, dict], out: Path) -> R
     for name in norm_runs:
         label = _label(name, results[name])
         report.figure(plot_curves(results[name]["history"], figures / f"{name}_curves.png", label),
-                      f"{label}: train (eval mode, fixed sample) and val error, accuracy, micro F1 and macro F1")
+                      f"{label}: train (eval mode, no augmentation) and val error, accuracy, micro F1 and macro F1")
 
     if "norm-torch_bn" in results and "norm-bn" in results:
         add_sanity_check(report, results["norm-torch_bn"], results["norm-bn"], figures)
