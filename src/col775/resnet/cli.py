@@ -25,10 +25,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from col775.resnet.evaluate import score_run, write_details
 
     evaluation, classes = score_run(args.run, args.data, args.split, args.device)
-    numbers = evaluation.summary()
     if args.out:
-        write_details(evaluation, classes, args.out, numbers)
-    print(json.dumps(numbers, indent=2))
+        write_details(evaluation, classes, args.out)
+    print(json.dumps(evaluation.summary(), indent=2))
     return 0
 
 

@@ -13,7 +13,7 @@ mtime) and the image size, so later epochs and later runs read pixels instead of
 and a changed tree builds a fresh cache. Unreadable images are logged with their path, left out,
 and listed in :class:`DatasetInfo`.
 
-Public API: :func:`build_loaders` (what training calls), :class:`DatasetInfo`,
+Public API: :func:`build_loaders` (what training calls), :func:`eval_loader`, :class:`DatasetInfo`,
 :class:`ImageCache`/:func:`load_split` (one split's cache), :class:`CachedImageDataset`,
 :class:`BatchCollate`, :func:`train_transform`, :func:`normalize`, :func:`denormalize`,
 :func:`load_image`.

@@ -63,14 +63,14 @@ def score_run(run_dir: str | Path, data: str | Path, split: str = "test", device
     return evaluate(model, loader, target, config.amp, f"evaluate {split}"), classes
 
 
-def write_details(evaluation: Evaluation, classes: list[str], out: str | Path, numbers: dict) -> dict:
-    """``out`` (JSON): ``numbers``, per-class accuracy and the confusion matrix; beside it
+def write_details(evaluation: Evaluation, classes: list[str], out: str | Path) -> dict:
+    """``out`` (JSON): the evaluation's numbers, per-class accuracy and the confusion matrix; beside it
     ``<out stem>_confusion.png``, the matrix drawn. Returns what was written."""
     out = Path(out)
     matrix = confusion_matrix(evaluation.labels, evaluation.predictions, labels=list(range(len(classes))))
     counts = matrix.sum(axis=1)
     figure = confusion_plot(matrix, classes, out.with_name(f"{out.stem}_confusion.png"), title=out.stem)
-    details = numbers | {
+    details = evaluation.summary() | {
         "per_class_accuracy": {
             name: {"accuracy": float(matrix[i, i] / counts[i]), "n": int(counts[i])}
             for i, name in enumerate(classes) if counts[i]
