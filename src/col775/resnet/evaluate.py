@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
+from col775.core.config import from_dict
 from col775.core.plots import confusion_plot
 from col775.core.runs import RunDir, atomic_write_json, read_run
 from col775.core.training import pick_device
@@ -50,7 +51,7 @@ def score_run(run_dir: str | Path, data: str | Path, split: str = "test", device
     run = read_run(run_dir)
     if run["metrics"] is None:
         raise FileNotFoundError(f"{run_dir} has not finished training (no metrics.json); train it first")
-    config = ResnetConfig(**run["config"])
+    config = from_dict(ResnetConfig, run["config"], str(Path(run_dir) / "config.yaml"))
     classes = run["metrics"]["data"]["classes"]
     data = Path(data).expanduser()
     if data.resolve() == Path(run["metrics"]["data"]["root"]).resolve() and split in _OWN_SPLITS:
