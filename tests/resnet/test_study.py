@@ -40,6 +40,10 @@ def test_study_writes_a_report_with_tables_curves_and_gradcam(tmp_path):
         assert (out / name / "metrics.json").is_file()
     assert "Sanity check: torch BatchNorm2d against our BN" in md
     assert "Batch size: BN and GN" in md
+    # each variant: error, accuracy, micro F1 and macro F1, train (eval mode) and val
+    caption = "train (eval mode, no augmentation) and val error, accuracy, micro F1 and macro F1"
+    assert sum(line.startswith("![") and caption in line for line in md.splitlines()) == 3
+    assert "`train_aug/...`" in md
     # the names as the assignment writes them find their folders (Cattle-Egret, Indian-Peacock)
     assert (out / "gradcam" / "gradcam_Cattle-Egret.png").is_file()
     assert (out / "gradcam" / "gradcam_Indian-Peacock.png").is_file()

@@ -8,11 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
+from sklearn.metrics import accuracy_score, f1_score
+from torchvision.transforms import v2
 
 from col775.core.training import NonFiniteLossError
 from col775.resnet import train as train_module
 from col775.resnet.config import ResnetConfig
-from col775.resnet.train import train
+from col775.resnet.data import MEAN, STD
+from col775.resnet.evaluate import score_run
+from col775.resnet.resnet import ResNet
+from col775.resnet.train import make_loaders, train
+
+METRICS = ("loss", "accuracy", "micro_f1", "macro_f1")
 
 
 def tiny(tmp_path: Path, **changes) -> ResnetConfig:
@@ -25,18 +34,81 @@ def tiny(tmp_path: Path, **changes) -> ResnetConfig:
     return ResnetConfig(**values)
 
 
+def class_files(folder: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+    """Every image under ``folder``'s class folders and the index of its class in ``classes``."""
+    pairs = [(path, classes.index(path.parent.name)) for path in sorted(folder.glob("*/*.jpg"))]
+    return [p for p, _ in pairs], [label for _, label in pairs]
+
+
+def reference_scores(run: Path, files: list[Path], labels: list[int], config: ResnetConfig,
+                     checkpoint: str = "best.pt") -> dict:
+    """Independent truth: the checkpoint's weights in eval mode on the image files as PIL decodes them,
+    normalised by torchvision, scored by F.cross_entropy and scikit-learn."""
+    state = torch.load(run / "checkpoints" / checkpoint, weights_only=False)["objects"]["model"]
+    model = ResNet(config.n, 25, config.norm)
+    model.load_state_dict(state)
+    to_input = v2.Compose([v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+    images = torch.stack([to_input(Image.open(path).convert("RGB")) for path in files])
+    with torch.no_grad():
+        logits = model.eval()(images)
+    targets = torch.tensor(labels)
+    predictions = logits.argmax(1).numpy()
+    return {
+        "loss": F.cross_entropy(logits, targets).item(),
+        "accuracy": accuracy_score(labels, predictions),
+        "micro_f1": f1_score(labels, predictions, average="micro"),
+        "macro_f1": f1_score(labels, predictions, average="macro"),
+        "n": len(labels),
+    }
+
+
+def assert_scores_match(got: dict, truth: dict) -> None:
+    assert got["n"] == truth["n"]
+    for key in ("accuracy", "micro_f1", "macro_f1"):
+        assert got[key] == pytest.approx(truth[key], abs=1e-12), key
+    assert got["loss"] == pytest.approx(truth["loss"], rel=1e-5)
+
+
 def test_metrics_shape_and_history(tmp_path):
     metrics = train(tiny(tmp_path), tmp_path / "run")
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for split in ("train", "val", "test"):
-        assert set(on_disk[split]) == {"loss", "accuracy", "micro_f1", "macro_f1"}
+        assert set(on_disk[split]) == {*METRICS, "n"}
         # single-label classification: micro F1 is accuracy (sklearn computes it independently)
         assert on_disk[split]["micro_f1"] == pytest.approx(on_disk[split]["accuracy"])
     assert metrics["data"]["split_sizes"] == {"train": 100, "val": 50, "test": 50}
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["epoch"] for l in lines] == [0, 1]
-    assert {"train/loss", "val/accuracy", "val/macro_f1"} <= set(json.loads(lines[0]))
+    for line in lines:
+        assert {f"{split}/{key}" for split in ("train_aug", "train", "val") for key in METRICS} <= set(json.loads(line))
     assert list((tmp_path / "run" / "tb").iterdir())
+    assert (tmp_path / "run" / "plots" / "curves.png").is_file()
+
+
+def test_final_train_numbers_are_eval_mode_on_unaugmented_images(tmp_path):
+    config = tiny(tmp_path, epochs=1)
+    metrics = train(config, tmp_path / "run")
+    files, labels = class_files(Path(metrics["data"]["root"]) / "train", metrics["data"]["classes"])
+    assert_scores_match(metrics["train"], reference_scores(tmp_path / "run", files, labels, config))
+    root = metrics["data"]["root"]
+    first, second = (score_run(tmp_path / "run", root, "train")[0].summary() for _ in range(2))
+    assert first == second == metrics["train"]  # deterministic, and what metrics.json holds
+
+
+def test_each_epoch_scores_a_fixed_train_sample_in_eval_mode(tmp_path):
+    config = tiny(tmp_path, epochs=2, train_eval_size=30)
+    metrics = train(config, tmp_path / "run")
+    sample = make_loaders(config).train_sample.dataset
+    files = [Path(f) for f in sample.files]
+    assert metrics["train_sample_size"] == len(set(files)) == 30
+    assert all(f.parent.parent.name == "train" for f in files)
+    assert make_loaders(config).train_sample.dataset.files == sample.files  # fixed: the same every time
+    assert len(make_loaders(tiny(tmp_path)).train_sample.dataset) == 100  # default 2000: all of a smaller set
+    history = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    labels = [metrics["data"]["classes"].index(f.parent.name) for f in files]
+    truth = reference_scores(tmp_path / "run", files, labels, config, checkpoint="last.pt")  # after epoch 2
+    assert_scores_match({key: history[-1][f"train/{key}"] for key in METRICS} | {"n": 30}, truth)
+    assert history[-1]["train_aug/loss"] != pytest.approx(truth["loss"], rel=1e-3)  # the augmented running mean
 
 
 def test_a_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
@@ -80,7 +152,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tm
 
         def hook(_module, _inputs, output):
             calls["n"] += 1
-            return output * float("nan") if calls["n"] > 12 else output  # epoch 1: 7 train + 1 val batches
+            return output * float("nan") if calls["n"] > 12 else output  # epoch 1: 7 train + 2 train-sample + 1 val batches
 
         model.register_forward_hook(hook)
         return model
@@ -93,25 +165,36 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tm
     assert all(torch.isfinite(t).all() for t in state["objects"]["model"].values() if t.is_floating_point())
 
 
-def test_torchrun_ddp_on_cpu_with_two_processes(tmp_path):
-    config = tiny(tmp_path, epochs=1)
-    train(config, tmp_path / "warm")  # generate the data and caches once, outside the timed DDP part
+def test_torchrun_ddp_on_cpu_with_two_processes_counts_every_image_once(tmp_path):
+    # val 25 and test 75 images, train sample 45: odd splits, uneven shards. Evaluation batches of one
+    # image, because CPU convolutions round an image's logits differently in batches of other images.
+    config = tiny(tmp_path, epochs=1, norm="bn", batch_size=8, eval_batch_size=1, synthetic_val_per_class=1,
+                  synthetic_test_per_class=3, train_eval_size=45)
+    make_loaders(config)  # generate the data and caches once, outside the timed DDP part
     out = tmp_path / "ddp"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
-        "-m", "col775", "resnet", "train", "--out", str(out), "--norm", "gn", "--blocks-per-stage", "1", "--epochs", "1",
-        "--image-size", "16", "--synthetic-train-per-class", "4", "--synthetic-val-per-class", "2",
-        "--synthetic-test-per-class", "2", "--batch-size", "8", "--cache-dir", str(tmp_path / "cache"),
-        "--device", "cpu", "--warmup-epochs", "0",
+        "-m", "col775", "resnet", "train", "--out", str(out), "--norm", "bn", "--blocks-per-stage", "1", "--epochs", "1",
+        "--image-size", "16", "--synthetic-train-per-class", "4", "--synthetic-val-per-class", "1",
+        "--synthetic-test-per-class", "3", "--batch-size", "8", "--eval-batch-size", "1", "--train-eval-size", "45",
+        "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--warmup-epochs", "0",
     ]
     env = dict(os.environ, COL775_NO_PROGRESS="1", OMP_NUM_THREADS="1")
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    # predictions of both ranks are gathered: every val image is counted once or (padding) at most twice
-    history = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(history) == 1 and metrics["data"]["split_sizes"]["val"] == 50
-    assert 0.0 <= metrics["val"]["accuracy"] <= 1.0
+    assert {split: metrics[split]["n"] for split in ("train", "val", "test")} == {"train": 100, "val": 25, "test": 75}
+    # the same checkpoint scored by one process gives the same numbers, to the last bit
+    root = metrics["data"]["root"]
+    for split in ("train", "val", "test"):
+        assert score_run(out, root, split)[0].summary() == metrics[split], split
+    (record,) = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    model = ResNet(1, 25, "bn")  # BN: the running statistics must be rank 0's on every rank
+    model.load_state_dict(torch.load(out / "checkpoints" / "last.pt", weights_only=False)["objects"]["model"])
+    sample = train_module.evaluate(model, make_loaders(config).train_sample, torch.device("cpu"), False, "sample")
+    assert {f"train/{key}": value for key, value in sample.numbers().items()} == {
+        f"train/{key}": record[f"train/{key}"] for key in METRICS
+    }
 
 
 def test_device_augmentation_reads_uint8_batches_and_trains(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # reports are written on headless machines
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 
 def line_plot(
@@ -21,9 +22,30 @@ def line_plot(
     ylabel: str = "",
 ) -> Path:
     """One line per named (xs, ys) series on shared axes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    _draw_lines(ax, series, title, xlabel, ylabel)
+    return _save(fig, path)
+
+
+def line_panels(
+    panels: dict[str, dict[str, tuple[Sequence[float], Sequence[float]]]],
+    path: str | Path,
+    title: str,
+    xlabel: str = "epoch",
+    ncols: int = 2,
+) -> Path:
+    """One figure of several line plots: per panel title, its named (xs, ys) series (as in line_plot)."""
+    nrows = (len(panels) + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.4 * nrows + 0.4), dpi=100, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (name, series) in zip(axes.flat, panels.items()):
+        _draw_lines(ax, series, name, xlabel, name)
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def _draw_lines(ax, series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str, xlabel: str, ylabel: str) -> None:
     for label, (xs, ys) in series.items():
         ax.plot(list(xs), list(ys), label=label, marker="o" if len(xs) < 15 else None, markersize=3)
     ax.set_title(title)
@@ -34,6 +56,20 @@ def line_plot(
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend(fontsize=8)
+
+
+def confusion_plot(matrix: np.ndarray, labels: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """A confusion matrix (rows: true class, columns: predicted class) with its counts written in."""
+    size = 3 + 0.35 * len(labels)
+    fig, ax = plt.subplots(figsize=(size, size), dpi=100)
+    ConfusionMatrixDisplay(matrix, display_labels=list(labels)).plot(ax=ax, xticks_rotation="vertical", colorbar=False)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -1,4 +1,4 @@
-"""`col775 resnet train` and `col775 resnet study`."""
+"""`col775 resnet train`, `col775 resnet evaluate` and `col775 resnet study`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,16 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from col775.resnet.evaluate import score_run, write_details
+
+    evaluation, classes = score_run(args.run, args.data, args.split, args.device)
+    if args.out:
+        write_details(evaluation, classes, args.out)
+    print(json.dumps(evaluation.summary(), indent=2))
+    return 0
+
+
 def _study(args: argparse.Namespace) -> int:
     from col775.resnet.study import run_study
 
@@ -40,6 +50,22 @@ def register(commands) -> None:
     train.add_argument("--force", action="store_true", help="train again even if the run finished")
     add_config_args(train, ResnetConfig, skip=STUDY_FIELDS, aliases=ALIASES)
     train.set_defaults(handler=_train)
+
+    evaluate = verbs.add_parser(
+        "evaluate", help="score a trained run's best checkpoint on a folder of class folders",
+        description="Score RUN's best checkpoint (eval mode, no augmentation) and print loss, accuracy, micro "
+        "and macro F1 and the image count as JSON. DIR/SPLIT/<Class>/<image> is read when DIR/SPLIT exists, "
+        "otherwise DIR/<Class>/<image>. Class folders are matched to the run's classes by name; one the run "
+        "does not know is an error, missing ones are fine. DIR equal to the run's own data folder uses the "
+        "run's own splits (its carved test split included), so --split train reproduces metrics.json.",
+    )
+    evaluate.add_argument("run", metavar="RUN", help="run folder written by `col775 resnet train`")
+    evaluate.add_argument("--data", metavar="DIR", required=True, help="folder of split folders, or of class folders")
+    evaluate.add_argument("--split", default="test", help="split folder to read when DIR has one (default: test)")
+    evaluate.add_argument("--out", help="also write this JSON with per-class accuracy and the confusion "
+                          "matrix, and the matrix drawn as <stem>_confusion.png beside it")
+    evaluate.add_argument("--device", help="device to run on (default: the run's own setting)")
+    evaluate.set_defaults(handler=_evaluate)
 
     study = verbs.add_parser("study", help="every variant, the batch-size study, Grad-CAM and a report")
     study.add_argument("--out", default="runs/resnet-study", help="folder of the study's runs and report")

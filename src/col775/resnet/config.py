@@ -25,6 +25,7 @@ class ResnetConfig:
     augment: str = "sample"  # sample | batch | device (per image, on the training device: augment.py) | none
     cache_dir: str | None = None  # default ~/.cache/col775
     num_workers: int = 0
+    train_eval_size: int = 2000  # train images (seeded sample) scored in eval mode every epoch; 0 = all
     # model
     norm: str = "bn"  # torch_bn | bn | in | bin | ln | gn | nn
     n: int = 2  # 6n+2 layers

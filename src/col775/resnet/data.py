@@ -17,7 +17,7 @@ mtime) and the image size, so later epochs and later runs read pixels instead of
 and a changed tree builds a fresh cache. Unreadable images are logged with their path, left out,
 and listed in :class:`DatasetInfo`.
 
-Public API: :func:`build_loaders` (what training calls), :class:`DatasetInfo`,
+Public API: :func:`build_loaders` (what training calls), :func:`eval_loader`, :class:`DatasetInfo`,
 :class:`ImageCache`/:func:`load_split` (one split's cache), :class:`CachedImageDataset`,
 :class:`BatchCollate`, :func:`train_transform`, :func:`normalize`, :func:`denormalize`,
 :func:`load_image`.
@@ -44,6 +44,8 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
+
+from col775.core.distributed import is_distributed, shard_indices
 
 logger = logging.getLogger(__name__)
 
@@ -503,8 +505,11 @@ class BatchCollate:
 
 @dataclass
 class Loaders:
-    """Train/val/test DataLoaders yielding (images (B, 3, H, W), int64 labels (B,)).
+    """DataLoaders yielding (images (B, 3, H, W), int64 labels (B,)).
 
+    ``train`` is shuffled and augmented; the evaluation loaders ``val``, ``test``, ``train_eval``
+    (every train image) and ``train_sample`` (a fixed seeded sample of them) are neither, and under
+    torch.distributed each reads only its rank's :func:`~col775.core.distributed.shard_indices`.
     Images are normalised float32, or uint8 when built with ``as_float=False`` (then call
     :func:`normalize` on them once they are on the device).
     """
@@ -512,6 +517,8 @@ class Loaders:
     train: DataLoader
     val: DataLoader
     test: DataLoader
+    train_eval: DataLoader
+    train_sample: DataLoader
     info: DatasetInfo
     samplers: list[DistributedSampler] = field(default_factory=list)
 
@@ -535,8 +542,20 @@ def _carve_test(labels: np.ndarray, test_fraction: float, seed: int, where: Path
     return np.sort(train_rows), np.sort(test_rows)
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+def eval_loader(
+    dataset: CachedImageDataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
+    """An evaluation loader: the dataset in order, unaugmented, each rank reading only its
+    :func:`~col775.core.distributed.shard_indices` (every image once, no padding)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=shard_indices(len(dataset)),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        collate_fn=BatchCollate(as_float=dataset.as_float),
+    )
 
 
 def build_loaders(
@@ -555,6 +574,7 @@ def build_loaders(
     as_float: bool = True,
     pin_memory: bool | None = None,
     progress: bool = True,
+    train_eval_size: int = 2000,
 ) -> Loaders:
     """Loaders for ``root`` (the ImageFolder layout above) plus a :class:`DatasetInfo`.
 
@@ -565,9 +585,13 @@ def build_loaders(
     ``num_workers`` loader processes read batches; ``decode_workers`` processes decode images
     while a cache is first built. ``pin_memory`` defaults to whether CUDA is available.
     Without ``root/test`` a stratified ``test_fraction`` of train (fixed ``seed``) becomes the
-    test split. Under torch.distributed every split gets a DistributedSampler (call
-    :meth:`Loaders.set_epoch` each epoch) and rank 0 builds the caches while the others wait.
+    test split. ``train_sample`` holds ``train_eval_size`` train images drawn with ``seed`` (all of
+    them when there are fewer, or when it is 0). Under torch.distributed train gets a
+    DistributedSampler (call :meth:`Loaders.set_epoch` each epoch), the evaluation loaders read their
+    rank's shard, and rank 0 builds the caches while the others wait.
     """
+    if train_eval_size < 0:
+        raise ValueError(f"train_eval_size must be 0 (every train image) or more, got {train_eval_size}")
     if augment not in ("sample", "batch", "none"):
         raise ValueError(f"augment must be 'sample', 'batch' or 'none', got {augment!r}")
     if not 0.0 < test_fraction < 1.0:
@@ -590,7 +614,7 @@ def build_loaders(
             for name in split_names
         }
 
-    distributed = _distributed()
+    distributed = is_distributed()
     if distributed and dist.get_rank() != 0:
         dist.barrier()  # wait for rank 0 to build the caches
     caches = load_all()
@@ -612,41 +636,46 @@ def build_loaders(
         ),
         "val": CachedImageDataset(caches["val"], as_float=as_float),
         "test": CachedImageDataset(test_cache, test_rows, as_float=as_float),
+        "train_eval": CachedImageDataset(train_cache, train_rows, as_float=as_float),
     }
+    train_size = len(datasets["train"])
+    sample_size = min(train_eval_size or train_size, train_size)
+    sample = np.sort(np.random.default_rng(seed).choice(train_size, sample_size, replace=False))
+    datasets["train_sample"] = CachedImageDataset(
+        train_cache, datasets["train_eval"].indices[sample], as_float=as_float
+    )
 
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
-    samplers: list[DistributedSampler] = []
-    loaders: dict[str, DataLoader] = {}
-    for name, dataset in datasets.items():
-        is_train = name == "train"
-        sampler = DistributedSampler(dataset, shuffle=is_train, seed=seed) if distributed else None
-        if sampler is not None:
-            samplers.append(sampler)
-        loaders[name] = DataLoader(
-            dataset,
-            batch_size=batch_size if is_train else (eval_batch_size or batch_size),
-            shuffle=is_train and sampler is None,
-            sampler=sampler,
-            num_workers=num_workers,
-            pin_memory=pin,
-            drop_last=False,
-            persistent_workers=num_workers > 0,
-            generator=torch.Generator().manual_seed(seed) if is_train else None,
-            collate_fn=BatchCollate(
-                augmentation if is_train and per_batch else None, as_float=as_float
-            ),
-        )
+    # padded shards are harmless in training; the evaluation loaders count each image once
+    sampler = DistributedSampler(datasets["train"], shuffle=True, seed=seed) if distributed else None
+    loaders = {
+        name: eval_loader(dataset, eval_batch_size or batch_size, num_workers, pin)
+        for name, dataset in datasets.items()
+        if name != "train"
+    }
+    loaders["train"] = DataLoader(
+        datasets["train"],
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin,
+        drop_last=False,
+        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=BatchCollate(augmentation if per_batch else None, as_float=as_float),
+    )
 
     skipped = [path for name in split_names for path in caches[name].skipped]
     info = DatasetInfo(
         root=root,
         classes=classes,
-        split_sizes={name: len(dataset) for name, dataset in datasets.items()},
-        from_subfolders={name: dataset.from_subfolders for name, dataset in datasets.items()},
+        split_sizes={name: len(datasets[name]) for name in ("train", "val", "test")},
+        from_subfolders={name: datasets[name].from_subfolders for name in ("train", "val", "test")},
         skipped=skipped,
         test_carved=not has_test,
         test_fraction=None if has_test else test_fraction,
         image_size=image_size,
         cache_dir=train_cache.directory.parent,
     )
-    return Loaders(loaders["train"], loaders["val"], loaders["test"], info, samplers)
+    return Loaders(**loaders, info=info, samplers=[sampler] if sampler is not None else [])

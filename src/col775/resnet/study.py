@@ -24,14 +24,13 @@ from col775.core.runs import RunDir, atomic_write_json, read_run
 from col775.core.training import NonFiniteLossError, pick_device
 from col775.resnet.config import ResnetConfig, run_fields
 from col775.resnet.gradcam import gradcam_grids, match_classes
-from col775.resnet.train import RunDiverged, build_model, evaluate, make_loaders, train
+from col775.resnet.train import CURVES, RunDiverged, build_model, evaluate, make_loaders, plot_curves, train
 
 log = logging.getLogger(__name__)
 
 NAMES = {
     "torch_bn": "torch BatchNorm2d (1.1)", "bn": "BN", "in": "IN", "bin": "BIN", "ln": "LN", "gn": "GN", "nn": "no norm",
 }  # fmt: skip
-CURVES = (("loss", "error (cross-entropy)"), ("accuracy", "accuracy"), ("micro_f1", "micro F1"), ("macro_f1", "macro F1"))
 
 
 def study_runs(config: ResnetConfig) -> dict[str, ResnetConfig]:
@@ -116,20 +115,11 @@ def _label(name: str, run: dict) -> str:
     return f"{NAMES.get(config['norm'], config['norm'])}, batch {config['batch_size']}"
 
 
-def _curves(results: dict[str, dict], names: list[str], key: str, title: str, path: Path) -> Path:
-    series = {}
-    for name in names:
-        history = results[name]["history"]
-        epochs = [r["epoch"] + 1 for r in history]
-        for split in ("train", "val"):
-            series[f"{_label(name, results[name])} {split}"] = (epochs, [r[f"{split}/{key}"] for r in history])
-    return line_plot(series, path, title=title, ylabel=key)
-
-
 def build_report(config: ResnetConfig, results: dict[str, dict], out: Path, diverged: dict[str, dict]) -> Report:
     figures = out / "figures"
     report = Report("ResNet normalisation study")
-    data = next(iter(results.values()))["metrics"]["data"]
+    first = next(iter(results.values()))["metrics"]
+    data = first["data"]
     nested = data.get("from_subfolders", {})  # absent from runs made before sub-folders were read
     report.text(
         f"A {6 * config.n + 2}-layer ResNet (n = {config.n}) on {len(data['classes'])} classes from "
@@ -145,7 +135,11 @@ def build_report(config: ResnetConfig, results: dict[str, dict], out: Path, dive
            + ", ".join(f"{k} {v}" for k, v in nested.items()) + ". " if any(nested.values()) else "")
         + f"Optimiser {config.optimizer} (lr {config.lr}, momentum {config.momentum}, weight decay "
         f"{config.weight_decay}), schedule {config.schedule}, {config.epochs} epochs at most; numbers are "
-        "from the checkpoint with the best validation accuracy, evaluated without augmentation."
+        "from the checkpoint with the best validation accuracy, evaluated in eval mode without augmentation "
+        "on every image of each split. Per-epoch train curves are evaluated the same way on "
+        + (f"all {first['train_sample_size']} training images" if first["train_sample_size"] == data["split_sizes"]["train"]
+           else f"a fixed sample of {first['train_sample_size']} training images (seed {config.seed})")
+        + "; the running numbers of the augmented training passes are in each run's metrics.jsonl as `train_aug/...`."
     )
 
     norm_runs = [n for n in results if n.startswith("norm-")]
@@ -175,9 +169,9 @@ def build_report(config: ResnetConfig, results: dict[str, dict], out: Path, dive
         report.figure(line_plot(val_series, figures / f"variants_val_{key}.png", title=f"val {title}", ylabel=key),
                       f"Validation {title} of every normalisation variant")
     for name in norm_runs:
-        for key, title in CURVES[:2]:
-            report.figure(_curves(results, [name], key, f"{_label(name, results[name])}: {title}",
-                                  figures / f"{name}_{key}.png"), f"{_label(name, results[name])}: train and val {title}")
+        label = _label(name, results[name])
+        report.figure(plot_curves(results[name]["history"], figures / f"{name}_curves.png", label),
+                      f"{label}: train (eval mode, no augmentation) and val error, accuracy, micro F1 and macro F1")
 
     if "norm-torch_bn" in results and "norm-bn" in results:
         add_sanity_check(report, results["norm-torch_bn"], results["norm-bn"], figures)
@@ -261,7 +255,7 @@ def add_gradcam(report: Report, config: ResnetConfig, best: ResnetConfig, run_di
     loaders = make_loaders(best)
     model = build_model(best, loaders.info.num_classes).to(device)
     RunDir(run_dir, run_fields(best)).load_best({"model": model})
-    val = evaluate(model, loaders.val, device, loaders.info.num_classes, best.amp, "Grad-CAM predictions")
+    val = evaluate(model, loaders.val, device, best.amp, "Grad-CAM predictions")
     report.heading(f"Grad-CAM of the best model ({run_dir.name})")
     maps = gradcam_grids(model, loaders.val.dataset, val.predictions, val.labels, loaders.info.classes, chosen,
                          config.gradcam_per_kind, out, device)

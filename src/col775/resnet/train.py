@@ -1,12 +1,16 @@
 """Train and evaluate one ResNet run: `col775 resnet train`.
 
-One epoch = a pass over train with the optimiser, then an evaluation of val; both write loss, accuracy,
-micro F1 and macro F1 to metrics.jsonl, and a checkpoint follows every epoch. At the end the best
-checkpoint (by val accuracy) is evaluated, without augmentation, on train, val and test.
+One epoch = a pass over train with the optimiser, then two evaluations (model in eval mode, no
+augmentation): a fixed seeded sample of train (`train_eval_size` images) and val. Each writes loss,
+accuracy, micro F1 and macro F1 to metrics.jsonl (`train/...`, `val/...`), beside the running numbers of
+the augmented training pass (`train_aug/...`), and a checkpoint follows every epoch. At the end the best
+checkpoint (by val accuracy) is evaluated the same way on all of train, val and test, and the run's
+train and val curves are drawn to plots/curves.png.
 
 Under `torchrun --nproc_per_node=N -m col775 resnet train ...` the model is wrapped in
-DistributedDataParallel (gloo on CPU, NCCL on CUDA); every rank evaluates its shard and the predictions
-are gathered before metrics are computed, and only rank 0 writes.
+DistributedDataParallel (gloo on CPU, NCCL on CUDA); every rank evaluates its unpadded shard and the
+per-image results are gathered in order (core/distributed.py), so every image counts once; only rank 0
+writes.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from sklearn.metrics import f1_score
+from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
+from col775.core.distributed import broadcast_from_rank0, gather_in_order, gather_shards, is_distributed, rank
+from col775.core.plots import line_panels
 from col775.core.runs import RunDir
 from col775.core.training import EarlyStopping, NonFiniteLossError, optimise, pick_device, progress, seed_everything
 from col775.resnet.config import ResnetConfig, run_fields
@@ -35,6 +41,8 @@ from col775.resnet.resnet import ResNet
 from col775.resnet.synthetic import BIRDS25_CLASSES, generate_image_folder
 
 log = logging.getLogger(__name__)
+
+CURVES = (("loss", "error (cross-entropy)"), ("accuracy", "accuracy"), ("micro_f1", "micro F1"), ("macro_f1", "macro F1"))
 
 
 class RunDiverged(NonFiniteLossError):
@@ -60,7 +68,7 @@ def data_root(config: ResnetConfig) -> Path:
         f"{config.synthetic_val_per_class}-{config.synthetic_test_per_class}-seed{config.seed}"
     )
     root = cache_root(config) / "synthetic" / name
-    if _rank() == 0:
+    if rank() == 0:
         generate_image_folder(
             root,
             train_per_class=config.synthetic_train_per_class,
@@ -70,7 +78,7 @@ def data_root(config: ResnetConfig) -> Path:
             seed=config.seed,
             class_names=BIRDS25_CLASSES,
         )
-    if _distributed():
+    if is_distributed():
         dist.barrier()
     return root
 
@@ -90,7 +98,8 @@ def make_loaders(config: ResnetConfig, batch_size: int | None = None) -> Loaders
         test_fraction=config.test_fraction,
         seed=config.seed,
         cache_dir=cache_root(config) / "images",
-        progress=_rank() == 0,
+        progress=rank() == 0,
+        train_eval_size=config.train_eval_size,
     )
 
 
@@ -135,6 +144,8 @@ def build_scheduler(config: ResnetConfig, optimizer: torch.optim.Optimizer, step
 
 @dataclass
 class Evaluation:
+    """Metrics of one pass and the per-image predictions and labels they came from."""
+
     loss: float
     accuracy: float
     micro_f1: float
@@ -145,29 +156,41 @@ class Evaluation:
     def numbers(self) -> dict[str, float]:
         return {"loss": self.loss, "accuracy": self.accuracy, "micro_f1": self.micro_f1, "macro_f1": self.macro_f1}
 
+    def summary(self) -> dict[str, float | int]:
+        """The numbers and how many images they count."""
+        return self.numbers() | {"n": len(self.labels)}
 
-def summarise(losses: list[float], predictions: list[np.ndarray], labels: list[np.ndarray], num_classes: int) -> Evaluation:
-    """Metrics over all ranks' predictions (each rank passes its own shard)."""
-    shard = (float(np.sum(losses)), np.concatenate(predictions) if predictions else np.zeros(0, int),
-             np.concatenate(labels) if labels else np.zeros(0, int))
-    if _distributed():
-        gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, shard)
-    else:
-        gathered = [shard]
-    loss_sum = sum(g[0] for g in gathered)
-    pred = np.concatenate([g[1] for g in gathered])
-    true = np.concatenate([g[2] for g in gathered])
-    count = max(len(true), 1)
-    classes = list(range(num_classes))
+
+def score(losses: np.ndarray, predictions: np.ndarray, labels: np.ndarray) -> Evaluation:
+    """Mean per-image cross-entropy and scikit-learn's accuracy and F1s; the F1s average over the
+    classes present in the labels or predictions, so a split that lacks some classes is not penalised."""
     return Evaluation(
-        loss=loss_sum / count,
-        accuracy=float((pred == true).mean()) if len(true) else 0.0,
-        micro_f1=float(f1_score(true, pred, labels=classes, average="micro", zero_division=0)),
-        macro_f1=float(f1_score(true, pred, labels=classes, average="macro", zero_division=0)),
-        predictions=pred,
-        labels=true,
+        loss=float(np.mean(losses, dtype=np.float64)),
+        accuracy=float(accuracy_score(labels, predictions)),
+        micro_f1=float(f1_score(labels, predictions, average="micro", zero_division=0)),
+        macro_f1=float(f1_score(labels, predictions, average="macro", zero_division=0)),
+        predictions=predictions,
+        labels=labels,
     )
+
+
+class _Outputs:
+    """Per-image cross-entropy, prediction and label of the batches seen so far, on the CPU."""
+
+    def __init__(self):
+        self.losses: list[np.ndarray] = []
+        self.predictions: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+
+    def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        logits = logits.detach().float()
+        self.losses.append(F.cross_entropy(logits, targets, reduction="none").cpu().numpy())
+        self.predictions.append(logits.argmax(1).cpu().numpy())
+        self.labels.append(targets.cpu().numpy())
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        join = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
+        return join(self.losses, np.float32), join(self.predictions, np.int64), join(self.labels, np.int64)
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -175,17 +198,20 @@ def _autocast(device: torch.device, enabled: bool):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, num_classes: int, amp: bool, desc: str) -> Evaluation:
+def evaluate(model: nn.Module, loader, device: torch.device, amp: bool, desc: str) -> Evaluation:
+    """Score ``model`` in eval mode on ``loader`` (one of :class:`Loaders`' evaluation loaders, which
+    under torch.distributed read this rank's shard); the per-image results of every rank are gathered
+    in the dataset's order, so every rank returns the same whole-split Evaluation.
+
+    Pass the bare model, not its DistributedDataParallel wrapper: shards may differ by a batch.
+    """
     model.eval()
-    losses, predictions, labels = [], [], []
+    outputs = _Outputs()
     for images, targets in progress(loader, desc):
         images, targets = _to_device(images, targets, device)
         with _autocast(device, amp):
-            logits = model(images)
-        losses.append(F.cross_entropy(logits.float(), targets, reduction="sum").item())
-        predictions.append(logits.argmax(1).cpu().numpy())
-        labels.append(targets.cpu().numpy())
-    return summarise(losses, predictions, labels, num_classes)
+            outputs.add(model(images), targets)
+    return score(*(gather_in_order(array) for array in outputs.arrays()))
 
 
 def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device, augment: BatchAugment | None = None):
@@ -198,10 +224,11 @@ def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device
     return images, targets.to(device, non_blocking=True)
 
 
-def train_epoch(model, loader, optimizer, scheduler, config: ResnetConfig, device, num_classes: int, epoch: int):
-    """One pass over train; returns its running metrics and the images per second it trained at."""
+def train_epoch(model, loader, optimizer, scheduler, config: ResnetConfig, device, epoch: int):
+    """One pass over train; returns its running metrics (train mode, augmented images, weights
+    changing as it goes) and the images per second it trained at."""
     model.train()
-    losses, predictions, labels = [], [], []
+    outputs = _Outputs()
     seen, start = 0, time.perf_counter()
     limit = config.max_steps_per_epoch or None
     total = min(len(loader), limit) if limit else len(loader)
@@ -221,25 +248,26 @@ def train_epoch(model, loader, optimizer, scheduler, config: ResnetConfig, devic
         clamp_gates(model)  # BIN's rho must stay in [0, 1] after every step
         scheduler.step()
         last_loss = loss.item()
-        losses.append(last_loss * len(targets))
-        predictions.append(logits.argmax(1).detach().cpu().numpy())
-        labels.append(targets.cpu().numpy())
+        outputs.add(logits, targets)
         seen += len(targets)
     elapsed = time.perf_counter() - start
-    return summarise(losses, predictions, labels, num_classes), seen / max(elapsed, 1e-9)
+    running = score(*(np.concatenate(gather_shards(array)) for array in outputs.arrays()))
+    return running, seen / max(elapsed, 1e-9)
 
 
-def _rank() -> int:
-    return dist.get_rank() if _distributed() else int(os.environ.get("RANK", "0"))
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+def plot_curves(history: list[dict], path: Path, title: str) -> Path:
+    """Train (eval mode, the fixed train sample) and val curves of the four metrics, a panel each."""
+    epochs = [record["epoch"] + 1 for record in history]
+    panels = {
+        label: {split: (epochs, [record[f"{split}/{key}"] for record in history]) for split in ("train", "val")}
+        for key, label in CURVES
+    }
+    return line_panels(panels, path, title)
 
 
 def init_distributed(config: ResnetConfig) -> torch.device:
     """Join the process group torchrun describes (WORLD_SIZE > 1); otherwise pick one device."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _distributed():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
         use_cuda = torch.cuda.is_available() and config.device in ("auto", "cuda")
         dist.init_process_group("nccl" if use_cuda else "gloo")
         if use_cuda:
@@ -254,7 +282,7 @@ def train(config: ResnetConfig, out: str | Path, force: bool = False) -> dict:
     """Train (or resume, or skip when finished) one run in `out`; returns its metrics.json content."""
     device = init_distributed(config)
     seed_everything(config.seed)
-    run = RunDir(out, run_fields(config), force=force, rank=_rank())
+    run = RunDir(out, run_fields(config), force=force, rank=rank())
     if run.finished:
         log.info("%s already finished; pass --force to train it again", out)
         return run.final_metrics()
@@ -264,7 +292,7 @@ def train(config: ResnetConfig, out: str | Path, force: bool = False) -> dict:
     model = build_model(config, num_classes).to(device)
     if device.type == "cuda" and config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    net = nn.parallel.DistributedDataParallel(model) if _distributed() else model
+    net = nn.parallel.DistributedDataParallel(model) if is_distributed() else model
     optimizer = build_optimizer(config, model)
     steps = min(len(loaders.train), config.max_steps_per_epoch or len(loaders.train))
     scheduler = build_scheduler(config, optimizer, steps)
@@ -281,30 +309,36 @@ def train(config: ResnetConfig, out: str | Path, force: bool = False) -> dict:
         loaders.set_epoch(epoch)
         if loaders.train.generator is not None:  # the shuffle order depends on the epoch alone, so a
             loaders.train.generator.manual_seed(config.seed + epoch)  # resumed run sees the same batches
-        trained, rate = train_epoch(net, loaders.train, optimizer, scheduler, config, device, num_classes, epoch)
+        trained, rate = train_epoch(net, loaders.train, optimizer, scheduler, config, device, epoch)
         rates.append(rate)
-        val = evaluate(net, loaders.val, device, num_classes, config.amp, f"epoch {epoch + 1} val")
+        broadcast_from_rank0(model.buffers())  # the BN statistics each rank's last step left, made rank 0's
+        sample = evaluate(model, loaders.train_sample, device, config.amp, f"epoch {epoch + 1} train sample")
+        val = evaluate(model, loaders.val, device, config.amp, f"epoch {epoch + 1} val")
         improved = stopper.step(val.accuracy)
         record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "images_per_second": rate}
-        record |= {f"train/{k}": v for k, v in trained.numbers().items()}
+        record |= {f"train_aug/{k}": v for k, v in trained.numbers().items()}
+        record |= {f"train/{k}": v for k, v in sample.numbers().items()}
         record |= {f"val/{k}": v for k, v in val.numbers().items()}
         run.log_epoch(record)
         run.save_checkpoint(epoch, objects, best=improved, extra={"images_per_second": rates})
-        log.info("epoch %d: train acc %.3f, val acc %.3f", epoch + 1, trained.accuracy, val.accuracy)
+        log.info("epoch %d: train acc %.3f (augmented, running %.3f), val acc %.3f", epoch + 1, sample.accuracy,
+                 trained.accuracy, val.accuracy)
 
     best = run.load_best({"model": model}) if run.writes else {"epoch": None}
-    if _distributed():  # every rank evaluates the best weights rank 0 loaded
-        for tensor in model.state_dict().values():
-            dist.broadcast(tensor, 0)
-    final = {}
-    for split in ("train", "val", "test"):
-        final[split] = evaluate(net, getattr(loaders, split), device, num_classes, config.amp, f"final {split}").numbers()
+    broadcast_from_rank0(model.state_dict().values())  # every rank evaluates the best weights rank 0 loaded
+    final = {
+        split: evaluate(model, loader, device, config.amp, f"final {split}").summary()
+        for split, loader in (("train", loaders.train_eval), ("val", loaders.val), ("test", loaders.test))
+    }
     history = run.history()
+    if run.writes:
+        plot_curves(history, run.plots_dir / "curves.png", f"{Path(out).name}: train (eval mode) and val")
     metrics = final | {
         "best_epoch": best["epoch"],
         "epochs_run": len(history),
         "stopped_early": len(history) < config.epochs,
         "images_per_second": float(np.median(rates)) if rates else None,
+        "train_sample_size": len(loaders.train_sample.dataset),
         "data": loaders.info.to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()),
     }

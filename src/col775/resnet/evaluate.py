@@ -1,0 +1,84 @@
+"""Score a trained run's best checkpoint on any folder of images: `col775 resnet evaluate`.
+
+The folder is read as ``DIR/<split>/<Class>/<image>`` when ``DIR/<split>`` exists, otherwise ``DIR``
+itself holds the class folders. Class folders are matched to the run's classes by name: a folder the run
+does not know is an error naming it, while classes the folder lacks are fine (their images are simply
+absent). When ``DIR`` is the run's own data folder the run's own splits are used, its carved test
+split included, so `--split train` reproduces metrics.json's train numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import confusion_matrix
+
+from col775.core.config import from_dict
+from col775.core.plots import confusion_plot
+from col775.core.runs import RunDir, atomic_write_json, read_run
+from col775.core.training import pick_device
+from col775.resnet.config import ResnetConfig
+from col775.resnet.data import CachedImageDataset, _class_folders, eval_loader, load_split
+from col775.resnet.train import Evaluation, build_model, cache_root, evaluate, make_loaders
+
+_OWN_SPLITS = {"train": "train_eval", "val": "val", "test": "test"}
+
+
+def _split_folder(data: Path, split: str) -> Path:
+    if not data.is_dir():
+        raise FileNotFoundError(f"data folder {data} does not exist; give a folder of class folders")
+    return data / split if (data / split).is_dir() else data
+
+
+def folder_dataset(folder: Path, classes: list[str], config: ResnetConfig) -> CachedImageDataset:
+    """The images under ``folder``'s class folders, labelled with their index in ``classes``."""
+    found = _class_folders(folder)
+    unknown = [name for name in found if name not in classes]
+    if unknown:
+        raise ValueError(
+            f"class folders {unknown} in {folder} are not classes of the run (it knows {classes}); "
+            "remove or rename them, or, for a folder of split folders, pass --split with one of them"
+        )
+    cache = load_split(folder, found, config.image_size, cache_root(config) / "images")
+    cache.labels = np.asarray([classes.index(name) for name in found])[cache.labels]  # folder's -> run's
+    return CachedImageDataset(cache)
+
+
+def score_run(run_dir: str | Path, data: str | Path, split: str = "test", device: str | None = None) -> tuple[Evaluation, list[str]]:
+    """The best checkpoint of the run in ``run_dir`` scored on ``split`` of ``data``; returns the
+    evaluation and the run's class names (indices of the predictions and labels)."""
+    run = read_run(run_dir)
+    if run["metrics"] is None:
+        raise FileNotFoundError(f"{run_dir} has not finished training (no metrics.json); train it first")
+    config = from_dict(ResnetConfig, run["config"], str(Path(run_dir) / "config.yaml"))
+    classes = run["metrics"]["data"]["classes"]
+    data = Path(data).expanduser()
+    if data.resolve() == Path(run["metrics"]["data"]["root"]).resolve() and split in _OWN_SPLITS:
+        loader = getattr(make_loaders(config), _OWN_SPLITS[split])
+    else:
+        loader = eval_loader(folder_dataset(_split_folder(data, split), classes, config), config.eval_batch_size)
+    target = pick_device(device or config.device)
+    model = build_model(config, len(classes)).to(target)
+    RunDir(run_dir, run["config"], rank=1).load_best({"model": model})  # rank 1: reads, writes nothing
+    return evaluate(model, loader, target, config.amp, f"evaluate {split}"), classes
+
+
+def write_details(evaluation: Evaluation, classes: list[str], out: str | Path) -> dict:
+    """``out`` (JSON): the evaluation's numbers, per-class accuracy and the confusion matrix; beside it
+    ``<out stem>_confusion.png``, the matrix drawn. Returns what was written."""
+    out = Path(out)
+    matrix = confusion_matrix(evaluation.labels, evaluation.predictions, labels=list(range(len(classes))))
+    counts = matrix.sum(axis=1)
+    figure = confusion_plot(matrix, classes, out.with_name(f"{out.stem}_confusion.png"), title=out.stem)
+    details = evaluation.summary() | {
+        "per_class_accuracy": {
+            name: {"accuracy": float(matrix[i, i] / counts[i]), "n": int(counts[i])}
+            for i, name in enumerate(classes) if counts[i]
+        },
+        "classes": classes,
+        "confusion_matrix": matrix.tolist(),
+        "confusion_figure": str(figure),
+    }
+    atomic_write_json(out, details)
+    return details
