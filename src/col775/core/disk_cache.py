@@ -86,7 +86,8 @@ class MappedArray:
     """A flat uint8 file read as a (read-only) memmap of `shape`, opened on first use.
 
     The memmap is not pickled: a DataLoader worker or another process re-opens the file and
-    shares its pages instead of receiving a copy of the data.
+    shares its pages instead of receiving a copy of the data. A shape with no elements (an
+    empty split) reads as an empty array, since an empty file cannot be mapped.
     """
 
     def __init__(self, path: Path, shape: tuple[int, ...]):
@@ -96,7 +97,9 @@ class MappedArray:
 
     @property
     def array(self) -> np.ndarray:
-        if self._array is None:
+        if self._array is None and 0 in self.shape:
+            self._array = np.zeros(self.shape, np.uint8)
+        elif self._array is None:
             self._array = np.memmap(self.path, np.uint8, "r", shape=self.shape)
         return self._array
 
