@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
@@ -18,16 +20,15 @@ from col775.slots.train import make_loaders
 SAMPLES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "clevrtex-samples"
 
 # Objects of a 320x240 frame by id: (rows, columns). The auto crop keeps rows 24..215 and
-# columns 64..255 (the centre 192x192) and shrinks them to 128x128 by 2/3, so object edges on
-# multiples of 3 inside the crop land exactly on 2/3 of them.
+# columns 64..255 (the centre 192x192) and shrinks them to 128x128 by 2/3.
 OBJECTS = {
-    3: (slice(24 + 30, 24 + 90), slice(64 + 0, 64 + 60)),  # -> rows 20..59, columns 0..39
+    3: (slice(24 + 30, 24 + 90), slice(64 + 0, 64 + 60)),  # edges on multiples of 3: rows 20..59, columns 0..39
     5: (slice(0, 18), slice(0, 30)),  # outside the crop: dropped
-    7: (slice(24 + 120, 24 + 192), slice(64 + 96, 64 + 150)),  # -> rows 80..127, columns 64..99 (odd frames only)
+    7: (slice(24 + 120, 24 + 192), slice(64 + 96, 64 + 150)),  # odd frames only
+    9: (slice(24 + 100, 24 + 102), slice(64 + 130, 64 + 137)),  # 2 rows thin: a blend would make a new id
 }
-IN_CROP = {3: (slice(20, 60), slice(0, 40)), 7: (slice(80, 128), slice(64, 100))}
-MASK_COLOURS = {3: (0, 0, 90), 5: (0, 0, 150), 7: (0, 200, 0)}  # RGB masks: colour order is id order
-PIXEL_COLOURS = {3: (200, 100, 50), 5: (90, 90, 90), 7: (50, 160, 220)}
+MASK_COLOURS = {3: (0, 0, 90), 5: (0, 0, 150), 7: (0, 200, 0), 9: (0, 250, 0)}  # RGB masks: colour order is id order
+PIXEL_COLOURS = {3: (200, 100, 50), 5: (90, 90, 90), 7: (50, 160, 220), 9: (240, 240, 0)}
 BACKGROUND = (10, 20, 30)
 
 
@@ -44,13 +45,12 @@ def _frame_ids(index: int) -> np.ndarray:
     return ids
 
 
-def _expected_mask(index: int) -> np.ndarray:
-    """The 128x128 ids of frame `index` after the crop: object 3 is 1, object 7 (odd frames) is 2."""
-    expected = np.zeros((128, 128), np.int64)
-    for dense, object_id in enumerate((3, 7), start=1):
-        if object_id != 7 or index % 2:
-            expected[IN_CROP[object_id]] = dense
-    return expected
+def _expected_mask(index: int, rows: slice = slice(24, 216), cols: slice = slice(64, 256), size: int = 128) -> np.ndarray:
+    """Frame `index`'s ids in the box (default the centre crop) resized by PyTorch's nearest neighbour, made dense."""
+    box = torch.from_numpy(_frame_ids(index)[rows, cols]).float()[None, None]
+    resized = F.interpolate(box, size=(size, size), mode="nearest-exact")[0, 0].long().numpy()
+    dense = {object_id: rank for rank, object_id in enumerate(sorted(set(resized.ravel()) - {0}), start=1)}
+    return np.vectorize(lambda v: dense.get(v, 0))(resized)
 
 
 def _write_frame(root: Path, split: str, index: int, mask_style: str | None) -> str:
@@ -86,11 +86,13 @@ def test_course_frames_are_cropped_to_their_exact_object_ids(tmp_path, mask_styl
     if mask_style == "flat palette":
         assert Image.open(tmp_path / "masks" / "train" / "CLEVRTEX_full_000000_flat.png").mode == "P"
     train, val, info = load_dataset(tmp_path, image_size=128)
-    assert (info.n_train, info.n_val, info.has_masks, info.max_objects) == (3, 1, True, 2)
+    assert (info.n_train, info.n_val, info.has_masks, info.max_objects) == (3, 1, True, 3)
     assert info.mask_pairing == {"train": "by name", "val": "by name"}
     assert "192x192 at (64, 24) of 320x240 frames" in info.crop and "128x128" in info.crop
     for index, sample in enumerate([train[0], train[1], train[2], val[0]]):
-        np.testing.assert_array_equal(sample["mask"].numpy(), _expected_mask(index))
+        expected = _expected_mask(index)
+        assert expected[20:60, 0:40].min() == expected[20:60, 0:40].max() == 1 and expected.max() == 2 + index % 2
+        np.testing.assert_array_equal(sample["mask"].numpy(), expected)
         rgb = ((sample["image"] + 1.0) * 127.5).round().permute(1, 2, 0).numpy()
         np.testing.assert_array_equal(rgb[40, 20], PIXEL_COLOURS[3])  # inside object 3; alpha ignored
         np.testing.assert_array_equal(rgb[5, 120], BACKGROUND)
@@ -101,9 +103,9 @@ def test_crop_none_keeps_the_whole_frame(tmp_path):
         _write_frame(tmp_path, split, index, "same-name rgb")
     train, _, info = load_dataset(tmp_path, image_size=64, crop="none")
     assert info.crop == "none: whole 320x240 frames, resized to 64x64"
-    reference = np.asarray(Image.fromarray(_frame_ids(0)).resize((64, 64), Image.NEAREST))
-    # ids in sorted mask colour order: object 3 -> 1, object 5 (kept: no crop) -> 2
-    np.testing.assert_array_equal(train[0]["mask"].numpy(), np.select([reference == 3, reference == 5], [1, 2], 0))
+    expected = _expected_mask(0, slice(None), slice(None), size=64)
+    assert expected.max() == 3  # object 5 is kept: nothing was cropped
+    np.testing.assert_array_equal(train[0]["mask"].numpy(), expected)
     box_train, _, box_info = load_dataset(tmp_path, image_size=32, crop="64,29,256,221")
     assert "192x192 at (64, 29) of 320x240 frames" in box_info.crop
     with pytest.raises(ValueError, match="crop must be"):

@@ -45,6 +45,9 @@ def test_cache_is_rebuilt_when_a_file_changes(scenes, tmp_path):
     assert new.arrays.folder != train.arrays.folder
     assert not train.arrays.folder.exists(), "the stale cache of the same split should be removed"
     np.testing.assert_array_equal(new[1]["mask"].numpy(), (mask[..., 0] > 0).astype(np.int64))
+    os.utime(changed, ns=(2_000_000_000, 2_000_000_000))  # same bytes, a new mtime: decoded again
+    touched, _, _ = load_dataset(scenes, image_size=16, cache_dir=tmp_path / "c")
+    assert touched.arrays.folder != new.arrays.folder and not new.arrays.folder.exists()
 
 
 def test_image_size_and_crop_are_part_of_the_key(scenes, tmp_path):
