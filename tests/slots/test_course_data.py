@@ -45,7 +45,9 @@ def _frame_ids(index: int) -> np.ndarray:
     return ids
 
 
-def _expected_mask(index: int, rows: slice = slice(24, 216), cols: slice = slice(64, 256), size: int = 128) -> np.ndarray:
+def _expected_mask(
+    index: int, rows: slice = slice(24, 216), cols: slice = slice(64, 256), size: int = 128
+) -> np.ndarray:
     """Frame `index`'s ids in the box (default the centre crop) resized by PyTorch's nearest neighbour, made dense."""
     box = torch.from_numpy(_frame_ids(index)[rows, cols]).float()[None, None]
     resized = F.interpolate(box, size=(size, size), mode="nearest-exact")[0, 0].long().numpy()
@@ -142,7 +144,8 @@ def _write_plain(root: Path, split: str, name: str, mask_name: str | None, corne
 
 
 def test_masks_with_other_names_are_paired_in_sorted_order_with_a_warning(tmp_path):
-    for i, (name, mask_name) in enumerate([("b.png", "mask_01.png"), ("c.png", "mask_02.png"), ("a.png", "mask_00.png")]):
+    written = [("b.png", "mask_01.png"), ("c.png", "mask_02.png"), ("a.png", "mask_00.png")]
+    for i, (name, mask_name) in enumerate(written):
         _write_plain(tmp_path, "train", name, mask_name, corner=i)
     _write_plain(tmp_path, "val", "v.png", "v.png", corner=5)
     with pytest.warns(UserWarning, match="sorted file order") as caught:

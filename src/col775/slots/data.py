@@ -10,9 +10,10 @@ Layouts (`detect_layout`):
 
 - ``course``: ``root/images/{train,val}/*.png`` with one mask per image under
   ``root/masks/{train,val}/``, found by the image's name: ``<name>_flat.png`` (CLEVRTex's
-  palette masks) or ``<name>.png`` (e.g. flat RGB colours). When the mask names match no
-  image, masks are paired with images in sorted file order if the counts match, with a
-  warning (`LoaderInfo.mask_pairing` says which rule paired each split). Which mask colour
+  palette masks) or ``<name>.png`` (e.g. flat RGB colours). When some image has neither,
+  the masks are paired with the images in sorted file order, with a warning, if there are
+  as many and no mask named after one image would go to another (`LoaderInfo.mask_pairing`
+  says which rule paired each split). Which mask colour
   is the background is set by ``background``: ``"border"`` (the default) takes the most
   frequent colour on the mask's border, which holds for scenes whose objects stay inside the
   frame; an RGB tuple such as ``(0, 0, 0)`` names it outright. With no ``images/val``
@@ -41,6 +42,7 @@ import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -130,9 +132,9 @@ def _pair_masks(
         return [(image, by_name[image]) for image in images], "by name"
     expected = " or ".join(str(m) for m in candidates(images[0]))
     masks = _image_files(mask_folder) if mask_folder is not None and mask_folder.is_dir() else []
-    if not require_masks and not any(by_name.values()) and not masks:
-        return [(image, None) for image in images], "none"
     if not any(by_name.values()) and not masks:
+        if not require_masks:
+            return [(image, None) for image in images], "none"
         raise FileNotFoundError(
             f"no masks for the {len(images)} images in {images[0].parent}: expected {expected}, likewise for "
             "every image; pass --no-masks to train without masks (and without ARI, FG-ARI and mIoU)"
@@ -150,7 +152,8 @@ def _pair_masks(
             )
     warnings.warn(
         f"the mask names in {mask_folder} do not match the images' (expected {expected}); paired the "
-        f"{len(images)} images with the {len(masks)} masks by sorted file order ({images[0].name} with {masks[0].name})",
+        f"{len(images)} images with the {len(masks)} masks by sorted file order "
+        f"({images[0].name} with {masks[0].name})",
         stacklevel=3,
     )
     return pairs, "by sorted order"
@@ -162,7 +165,7 @@ class _Split:
 
     pairs: list[Pair]
     pairing: str
-    chosen: str  # names the selection in the cache's source, e.g. "val" or "train, 10% held out with seed 0"
+    chosen: str  # which files, for the cache's source: e.g. "val" or "train, val of 0.1 held out with seed 0"
 
 
 def _hold_out(split: _Split, val_fraction: float, seed: int) -> tuple[_Split, _Split]:
@@ -171,11 +174,18 @@ def _hold_out(split: _Split, val_fraction: float, seed: int) -> tuple[_Split, _S
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     order = np.random.default_rng(seed).permutation(len(split.pairs))
     val = set(order[: round(len(split.pairs) * val_fraction)].tolist())
-    held = f"{val_fraction:g} held out with seed {seed}"
+    held = f"of {val_fraction:g} held out with seed {seed}"
+    train = [x for i, x in enumerate(split.pairs) if i not in val]
     return (
-        _Split([x for i, x in enumerate(split.pairs) if i not in val], split.pairing, f"{split.chosen}, train of {held}"),
-        _Split([x for i, x in enumerate(split.pairs) if i in val], split.pairing, f"{split.chosen}, val of {held}"),
+        _Split(train, split.pairing, f"{split.chosen}, train {held}"),
+        _Split([x for i, x in enumerate(split.pairs) if i in val], split.pairing, f"{split.chosen}, val {held}"),
     )
+
+
+def _course_mask_names(mask_folder: Path, image: Path) -> list[Path]:
+    """Where an image's mask may be: CLEVRTex's ``<name>_flat.png`` first (beside a same-name copy of the
+    frame it would be the mask), then ``<name>.png``."""
+    return [mask_folder / f"{image.stem}_flat.png", mask_folder / f"{image.stem}.png"]
 
 
 def _course_splits(root: Path, require_masks: bool, val_fraction: float, seed: int) -> dict[str, _Split]:
@@ -188,16 +198,18 @@ def _course_splits(root: Path, require_masks: bool, val_fraction: float, seed: i
         if not images:
             splits[split] = _Split([], "none", split)
             continue
-
-        def candidates(image: Path, mask_folder: Path = mask_folder) -> list[Path]:
-            return [mask_folder / f"{image.stem}_flat.png", mask_folder / f"{image.stem}.png"]
-
+        candidates = partial(_course_mask_names, mask_folder)
         splits[split] = _Split(*_pair_masks(images, candidates, mask_folder, require_masks), split)
     if "train" not in splits:
         raise FileNotFoundError(f"{root / 'images' / 'train'} is missing; the course layout is images/{{train,val}}/")
     if "val" not in splits:
         splits["train"], splits["val"] = _hold_out(splits["train"], val_fraction, seed)
     return splits
+
+
+def _clevrtex_mask_name(image: Path) -> list[Path]:
+    """An official CLEVRTex frame's mask: ``<name>_flat.png`` beside it."""
+    return [image.with_name(f"{image.stem}_flat.png")]
 
 
 def _clevrtex_splits(
@@ -209,7 +221,7 @@ def _clevrtex_splits(
         if match:
             found.append(((match.group(1), int(match.group(2))), path))
     images = [path for _, path in sorted(found)]
-    every = _Split(*_pair_masks(images, lambda image: [image.with_name(f"{image.stem}_flat.png")], None, require_masks), "all")
+    every = _Split(*_pair_masks(images, _clevrtex_mask_name, None, require_masks), "all")
     if not official_split:
         train, val = _hold_out(every, val_fraction, seed)
         return {"train": train, "val": val}

@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 Background = str | tuple[int, int, int]
 Pair = tuple[Path, Path | None]
 
-CROPS_HELP = "'auto', 'none' or a box 'left,top,right,bottom' in frame pixels"
 _CACHE_VERSION = 1
 
 # ----------------------------------------------------------------------------------- the crop
@@ -49,7 +48,7 @@ def check_crop(crop: str) -> None:
         return
     parts = crop.split(",")
     if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"crop must be {CROPS_HELP}, got {crop!r}")
+        raise ValueError(f"crop must be 'auto', 'none' or a box 'left,top,right,bottom' in frame pixels, got {crop!r}")
     left, top, right, bottom = (int(p) for p in parts)
     if right <= left or bottom <= top:
         raise ValueError(f"crop box {crop!r} is empty: it needs left < right and top < bottom")
@@ -77,7 +76,7 @@ def crop_box(crop: str, width: int, height: int) -> tuple[int, int, int, int] | 
 def describe_crop(crop: str, frame_sizes: Sequence[Sequence[int]], image_size: int) -> str:
     """What was done to the frames, for the run's data info and the report.
 
-    E.g. "auto: centre 192x192 at (64, 24) of 320x240 frames, resized to 128x128".
+    E.g. "auto: 192x192 at (64, 24) of 320x240 frames, resized to 128x128".
     """
     parts = []
     for width, height in sorted({tuple(size) for size in frame_sizes}):
@@ -169,7 +168,9 @@ class SceneReader:
     background: Background
     crop: str  # "auto" | "none" | "left,top,right,bottom"
 
-    def __call__(self, image_path: Path, mask_path: Path | None) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+    def __call__(
+        self, image_path: Path, mask_path: Path | None
+    ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
         """(image (size, size, 3) uint8, ids (size, size) uint8 or None, the frame's (width, height))."""
         frame = _open(image_path).convert("RGB")
         box = crop_box(self.crop, *frame.size)
@@ -194,9 +195,8 @@ class SceneArrays:
 
     ``images`` (N, H, W, 3) and ``masks`` (N, H, W) (None without masks) are uint8 memmaps;
     ``names`` are the image file names of the rows, ``skipped`` the unreadable files left out
-    (``skip_reasons`` says why),
-    ``frame_sizes`` the distinct (width, height) of the frames before the crop, and
-    ``max_objects`` the most object ids in one mask.
+    (``skip_reasons`` says why), ``frame_sizes`` the distinct (width, height) of the frames
+    before the crop, and ``max_objects`` the most object ids in one mask.
     """
 
     def __init__(self, folder: Path):
@@ -261,7 +261,9 @@ def _build(pairs: list[Pair], reader: SceneReader, workers: int, target: Path, s
         )  # fmt: skip
 
 
-def load_scenes(pairs: list[Pair], reader: SceneReader, cache_dir: Path, name: str, source: str, workers: int = 4) -> SceneArrays:
+def load_scenes(
+    pairs: list[Pair], reader: SceneReader, cache_dir: Path, name: str, source: str, workers: int = 4
+) -> SceneArrays:
     """The decoded split of `pairs`: read from `cache_dir` if this exact split was decoded before, else built there.
 
     `name` starts the cache folder's name; `source` says which files of which folder were
