@@ -10,6 +10,11 @@ from col775.slots.data import build_loaders, detect_layout, load_dataset
 from col775.slots.scenes import render_scene, write_scene_folder
 
 
+@pytest.fixture(autouse=True)
+def _scene_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr("col775.slots.data.DEFAULT_CACHE_ROOT", tmp_path / "scene-cache", raising=False)
+
+
 def _write_course(root, split, name, image, mask_rgb=None):
     (root / "images" / split).mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(root / "images" / split / name)

@@ -25,11 +25,8 @@ Public API: :func:`build_loaders` (what training calls), :func:`eval_loader`, :c
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -45,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from col775.core.disk_cache import MappedArray, build_cache_dir, files_key, read_meta
 from col775.core.distributed import is_distributed, shard_indices
 
 logger = logging.getLogger(__name__)
@@ -185,11 +183,7 @@ def scan_split(split_dir: Path, classes: Sequence[str]) -> tuple[list[Path], lis
 
 def _cache_key(files: Sequence[Path], labels: Sequence[int], image_size: int) -> str:
     """Hash of everything the cached pixels depend on: each file's path, size and mtime."""
-    digest = hashlib.sha256(f"v{_CACHE_VERSION} size={image_size}\n".encode())
-    for path, label in zip(files, labels):
-        stat = path.stat()
-        digest.update(f"{path.resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n".encode())
-    return digest.hexdigest()[:24]
+    return files_key(f"v{_CACHE_VERSION} size={image_size}\n", zip(files, labels))
 
 
 class ImageCache:
@@ -200,7 +194,7 @@ class ImageCache:
     """
 
     def __init__(self, directory: Path):
-        meta = json.loads((directory / "meta.json").read_text())
+        meta = read_meta(directory)
         self.directory = directory
         self.shape: tuple[int, int, int, int] = tuple(meta["shape"])
         self.labels: np.ndarray = np.load(directory / "labels.npy")
@@ -208,19 +202,14 @@ class ImageCache:
         self.skipped: list[str] = meta["skipped"]
         # Rows read from sub-folders of a class folder (caches built before they were read have none).
         self.nested_rows: np.ndarray = np.asarray(meta.get("nested_rows", []), dtype=np.int64)
-        self._images: np.ndarray | None = None
+        self._images = MappedArray(directory / "images.u8", self.shape)
 
     @property
     def images(self) -> np.ndarray:
-        if self._images is None:
-            self._images = np.memmap(self.directory / "images.u8", np.uint8, "r", shape=self.shape)
-        return self._images
+        return self._images.array
 
     def __len__(self) -> int:
         return self.shape[0]
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_images": None}
 
 
 def _build_cache(
@@ -240,15 +229,12 @@ def _build_cache(
     earlier versions of the same folder can be deleted once this one is in place; ``nested`` marks
     the files read from sub-folders of their class folder.
     """
-    tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     kept_labels: list[int] = []
     kept_files: list[str] = []
     nested_rows: list[int] = []
     skipped: list[str] = []
     paths = [str(p) for p in files]
-    try:
+    with build_cache_dir(target, source) as (tmp, meta):
         with open(tmp / "images.u8", "wb") as out:
             for path, label, is_nested, result in zip(
                 paths, labels, nested, _decode_all(paths, image_size, workers, progress, desc)
@@ -265,36 +251,12 @@ def _build_cache(
         if not kept_files:
             raise ValueError(f"none of the {len(paths)} images for {desc} could be read")
         np.save(tmp / "labels.npy", np.asarray(kept_labels, dtype=np.int64))
-        meta = {
-            "source": source,
-            "shape": [len(kept_files), image_size, image_size, 3],
-            "files": kept_files,
-            "skipped": skipped,
-            "nested_rows": nested_rows,
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not (target / "meta.json").is_file():  # not a finished cache from a parallel run
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    _remove_stale(target, source)
-
-
-def _remove_stale(current: Path, source: str) -> None:
-    """Delete other caches of the same source: they describe files that have since changed."""
-    for other in current.parent.glob(f"{current.name.rsplit('-', 1)[0]}-*"):
-        meta = other / "meta.json"
-        if other == current or not meta.is_file():
-            continue
-        try:
-            stale = json.loads(meta.read_text()).get("source") == source
-        except (OSError, ValueError):
-            continue
-        if stale:
-            shutil.rmtree(other, ignore_errors=True)
+        meta.update(
+            shape=[len(kept_files), image_size, image_size, 3],
+            files=kept_files,
+            skipped=skipped,
+            nested_rows=nested_rows,
+        )
 
 
 def _decode_all(

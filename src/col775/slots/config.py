@@ -31,7 +31,9 @@ class SlotsConfig:
     max_train: int = 0  # keep the first N training images of `data` (0 keeps all)
     max_val: int = 0
     mask_background: str = "border"  # course masks: "border" or the background colour as "R,G,B"
-    cache_dir: str | None = None  # generated scenes go to <cache_dir>/scenes (default ~/.cache/col775)
+    masks: bool = True  # --no-masks: `data` may have no masks on purpose (no ARI, FG-ARI or mIoU then)
+    crop: str = "auto"  # auto: centre 192x192 of 320x240 frames (CLEVRTex's), square frames whole | none | "l,t,r,b"
+    cache_dir: str | None = None  # generated scenes: <cache_dir>/scenes, decoded arrays: /scene-arrays (default ~/.cache/col775)
     num_workers: int = 0
     # model
     decoder: str = "sbd"  # sbd (spatial broadcast) | diffusion | both (and a table comparing them)

@@ -2,31 +2,37 @@
 
 Every sample is an image as a float tensor [3, H, W] in [-1, 1] and, where masks exist, an
 integer mask [H, W] (int64) with 0 = background and objects numbered 1..k densely. Files
-are decoded once, at load, and kept in memory as uint8 arrays, because decoding PNGs every
-epoch costs more than the model's forward pass at this size.
+are decoded once into a uint8 disk cache (`col775.slots.scene_cache`: the crop, the resize,
+the mask colours) and read back as memmaps, because decoding PNGs every epoch, or in every
+run of a study, costs more than the model's forward pass at this size.
 
 Layouts (`detect_layout`):
 
-- ``course``: ``root/images/{train,val}/*.png`` with masks of the same file name under
-  ``root/masks/{train,val}/``. A mask holds one flat RGB colour per object; colours become
-  ids 1..k in sorted colour order and the background colour becomes 0. Which colour is the
-  background is set by ``background``: ``"border"`` (the default) takes the most frequent
-  colour on the image border, which holds for scenes whose objects stay inside the frame;
-  an RGB tuple such as ``(0, 0, 0)`` names it outright. Single-channel masks (L, or P by
-  palette index) are read as grey colours (v, v, v). Images of another size are resized
-  (bilinear; masks nearest). With no ``images/val`` folder, ``val_fraction`` of train is
-  held out. `col775.slots.scenes.write_scene_folder` writes this layout (background black).
+- ``course``: ``root/images/{train,val}/*.png`` with one mask per image under
+  ``root/masks/{train,val}/``, found by the image's name: ``<name>_flat.png`` (CLEVRTex's
+  palette masks) or ``<name>.png`` (e.g. flat RGB colours). When some image has neither,
+  the masks are paired with the images in sorted file order, with a warning, if there are
+  as many and no mask named after one image would go to another (`LoaderInfo.mask_pairing`
+  says which rule paired each split). Which mask colour
+  is the background is set by ``background``: ``"border"`` (the default) takes the most
+  frequent colour on the mask's border, which holds for scenes whose objects stay inside the
+  frame; an RGB tuple such as ``(0, 0, 0)`` names it outright. With no ``images/val``
+  folder, ``val_fraction`` of train is held out. `col775.slots.scenes.write_scene_folder`
+  writes this layout (background black).
 - ``clevrtex``: official CLEVRTex, ``CLEVRTEX_<variant>_NNNNNN.png`` anywhere under
   ``root`` with ``CLEVRTEX_<variant>_NNNNNN_flat.png`` integer masks (0 = background)
-  beside them. Images are centre-cropped to ``clevrtex_crop`` (192) and resized to
-  ``image_size`` (bilinear; masks nearest), and ids are renumbered densely after the crop.
-  Splits follow the official loader: in index order, images in [10%, 20%) are val and
-  [20%, 100%) train (the first 10% is CLEVRTex's test split and is not loaded), unless
-  ``clevrtex_official_split=False``, which holds out ``val_fraction`` of all images instead.
+  beside them. Splits follow the official loader: in index order, images in [10%, 20%) are
+  val and [20%, 100%) train (the first 10% is CLEVRTex's test split and is not loaded),
+  unless ``clevrtex_official_split=False``, which holds out ``val_fraction`` of all images.
 
-RGBA files are read as RGB (alpha dropped). Files that cannot be decoded are named in a
-warning and skipped (`LoaderInfo.skipped`). An image without its mask is an error naming
-both paths, unless ``require_masks=False`` and the split has no masks at all, in which case
+Both layouts take the same ``crop`` (`scene_cache.crop_box`): ``"auto"`` is CLEVRTex's
+standard preprocessing, the centre 192x192 of a 320x240 frame resized to ``image_size``
+(square frames, such as the generated scenes, are kept whole); ``"none"`` resizes the whole
+frame; ``"left,top,right,bottom"`` takes that box. `LoaderInfo.crop` states what was done.
+
+Files that cannot be decoded are named in a warning and skipped (`LoaderInfo.skipped`). A
+folder without masks is an error naming the expected mask files, unless
+``require_masks=False`` (`--no-masks`) and the split has no masks at all, in which case
 samples carry no ``"mask"`` key.
 """
 
@@ -34,16 +40,18 @@ from __future__ import annotations
 
 import re
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-Background = str | tuple[int, int, int]
+from col775.slots.scene_cache import Background, Pair, SceneArrays, SceneReader, check_crop, describe_crop, load_scenes
+
+DEFAULT_CACHE_ROOT = Path("~/.cache/col775/scene-arrays")
 
 _CLEVRTEX_NAME = re.compile(r"^CLEVRTEX_([A-Za-z]+)_(\d+)\.png$")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
@@ -51,7 +59,7 @@ _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 
 @dataclass
 class LoaderInfo:
-    """What `build_loaders` found: counts, layout, skipped files and the most objects in one mask."""
+    """What `load_dataset` found: counts, layout, crop, how masks were paired, skipped files, most objects."""
 
     root: Path
     layout: str  # "course" or "clevrtex"
@@ -60,21 +68,13 @@ class LoaderInfo:
     n_val: int
     has_masks: bool
     max_objects: int  # most object ids in any loaded mask (0 without masks)
+    crop: str  # what was done to the frames, e.g. "auto: 192x192 at (64, 24) of 320x240 frames, resized to 128x128"
+    mask_pairing: dict[str, str]  # per split: "by name", "by sorted order" (names did not match) or "none"
     skipped: list[str] = field(default_factory=list)  # files that could not be decoded (their samples are left out)
 
     @property
     def n_skipped(self) -> int:
         return len(self.skipped)
-
-
-@dataclass
-class SceneArrays:
-    """Decoded split held in memory: images (N, H, W, 3) uint8, masks (N, H, W) uint8 or None."""
-
-    images: np.ndarray
-    masks: np.ndarray | None
-    names: list[str]
-    skipped: list[str]
 
 
 class SceneDataset(Dataset):
@@ -87,154 +87,11 @@ class SceneDataset(Dataset):
         return len(self.arrays.images)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        image = torch.from_numpy(self.arrays.images[index]).permute(2, 0, 1).float() / 127.5 - 1.0
-        sample: dict[str, torch.Tensor | int] = {"image": image, "index": index}
+        pixels = torch.from_numpy(np.array(self.arrays.images[index]))  # a copy: the memmap is read-only
+        sample: dict[str, torch.Tensor | int] = {"image": pixels.permute(2, 0, 1).float() / 127.5 - 1.0, "index": index}
         if self.arrays.masks is not None:
-            sample["mask"] = torch.from_numpy(self.arrays.masks[index]).long()
+            sample["mask"] = torch.from_numpy(self.arrays.masks[index].astype(np.int64))
         return sample
-
-
-# ----------------------------------------------------------------------------- decoding
-
-
-class UnreadableFileError(OSError):
-    """A file PIL cannot decode (corrupt, truncated, not an image); `path` names it."""
-
-    def __init__(self, path: Path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-
-
-def _open(path: Path) -> Image.Image:
-    try:
-        image = Image.open(path)
-        image.load()  # decode now, so a truncated file fails here and not later
-    except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for corrupt or truncated files
-        raise UnreadableFileError(path, str(error)) from error
-    return image
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    return np.asarray(_open(path).convert("RGB"))
-
-
-def _read_mask_keys(path: Path) -> np.ndarray:
-    """One int64 per pixel identifying its colour: r << 16 | g << 8 | b; single-channel v reads as (v, v, v)."""
-    image = _open(path)
-    if image.mode in ("P", "L", "I", "I;16", "1", "LA", "PA"):
-        values = np.asarray(image if image.mode in ("P", "L", "I", "I;16") else image.convert("L"))
-        return values.astype(np.int64) * 0x010101
-    rgb = np.asarray(image.convert("RGB")).astype(np.int64)
-    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-
-
-def _background_key(keys: np.ndarray, background: Background) -> int:
-    if background == "border":
-        border = np.concatenate([keys[0], keys[-1], keys[:, 0], keys[:, -1]])
-        values, counts = np.unique(border, return_counts=True)
-        return int(values[counts.argmax()])
-    if isinstance(background, str):
-        raise ValueError(f"background must be 'border' or an RGB tuple like (0, 0, 0), got {background!r}")
-    r, g, b = (int(c) for c in background)
-    return (r << 16) | (g << 8) | b
-
-
-def _keys_to_ids(keys: np.ndarray, background_key: int, path: Path) -> np.ndarray:
-    """Background colour -> 0, every other colour -> 1..k in sorted colour order (uint8)."""
-    values, inverse = np.unique(keys, return_inverse=True)
-    objects = values != background_key
-    if objects.sum() > 255:
-        raise ValueError(
-            f"{path}: {objects.sum()} distinct mask colours; masks must use one flat colour per object "
-            "(no anti-aliasing, no JPEG)"
-        )
-    ids_of_values = np.where(objects, np.cumsum(objects), 0).astype(np.uint8)
-    return ids_of_values[inverse.reshape(keys.shape)]
-
-
-def _renumber(ids: np.ndarray) -> np.ndarray:
-    """Ids made dense (1..k in order), 0 kept as background; needed after a crop or resize drops objects."""
-    present = np.unique(ids)
-    lookup = np.zeros(256, dtype=np.uint8)
-    objects = present[present != 0]
-    lookup[objects] = np.arange(1, len(objects) + 1)
-    return lookup[ids]
-
-
-def _centre_crop(array: np.ndarray, crop: int) -> np.ndarray:
-    h, w = array.shape[:2]
-    side = min(crop, h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    return array[top : top + side, left : left + side]
-
-
-def _resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[:2] == (size, size):
-        return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-
-
-def _resize_mask(ids: np.ndarray, size: int) -> np.ndarray:
-    if ids.shape == (size, size):
-        return ids
-    return np.asarray(Image.fromarray(ids).resize((size, size), Image.NEAREST))
-
-
-@dataclass(frozen=True)
-class _Reader:
-    """How to turn one (image, mask) file pair into arrays for a layout."""
-
-    size: int
-    background: Background
-    crop: int | None  # centre crop before resizing (CLEVRTex), None for none
-
-    def __call__(self, image_path: Path, mask_path: Path | None) -> tuple[np.ndarray, np.ndarray | None]:
-        raw = _read_rgb(image_path)
-        image = _resize_image(raw if self.crop is None else _centre_crop(raw, self.crop), self.size)
-        if mask_path is None:
-            return image, None
-        keys = _read_mask_keys(mask_path)
-        if keys.shape != raw.shape[:2]:
-            raise ValueError(
-                f"{mask_path} is {keys.shape[1]}x{keys.shape[0]} but its image {image_path.name} is "
-                f"{raw.shape[1]}x{raw.shape[0]}; a mask must match its image"
-            )
-        ids = _keys_to_ids(keys, _background_key(keys, self.background), mask_path)
-        if self.crop is not None:
-            ids = _centre_crop(ids, self.crop)
-        return image, _renumber(_resize_mask(ids, self.size))
-
-
-def _decode_all(
-    pairs: list[tuple[Path, Path | None]], reader: _Reader, workers: int
-) -> SceneArrays:
-    """Decode every pair (in threads; PIL releases the GIL while decoding), skipping unreadable files."""
-
-    def decode(pair: tuple[Path, Path | None]) -> tuple[np.ndarray, np.ndarray | None] | UnreadableFileError:
-        try:
-            return reader(*pair)
-        except UnreadableFileError as error:
-            return error
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        results = list(pool.map(decode, pairs))
-    images, masks, names, skipped = [], [], [], []
-    for (image_path, _), result in zip(pairs, results):
-        if isinstance(result, UnreadableFileError):
-            warnings.warn(f"skipping {image_path.name}: cannot read {result}", stacklevel=2)
-            skipped.append(str(result.path))
-            continue
-        images.append(result[0])
-        masks.append(result[1])
-        names.append(image_path.name)
-    size = reader.size
-    has_masks = bool(pairs) and pairs[0][1] is not None
-    return SceneArrays(
-        images=np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
-        masks=(np.stack(masks) if masks else np.zeros((0, size, size), np.uint8)) if has_masks else None,
-        names=names,
-        skipped=skipped,
-    )
 
 
 # ------------------------------------------------------------------------------ layouts
@@ -255,41 +112,94 @@ def detect_layout(root: str | Path) -> str:
     )
 
 
-def _with_masks(
-    images: list[Path], mask_for: dict[Path, Path], require_masks: bool, where: str
-) -> list[tuple[Path, Path | None]]:
-    found = [image for image in images if mask_for[image].is_file()]
-    if not require_masks and not found:
-        return [(image, None) for image in images]
-    for image in images:
-        if not mask_for[image].is_file():
+def _image_files(folder: Path) -> list[Path]:
+    """The image files directly in `folder`, sorted by name (hidden files left out)."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def _pair_masks(
+    images: list[Path], candidates: Callable[[Path], list[Path]], mask_folder: Path | None, require_masks: bool
+) -> tuple[list[Pair], str]:
+    """Each image with its mask, and the rule that paired them ("by name", "by sorted order" or "none").
+
+    `candidates(image)` are the files that would be its mask, in order of preference. When
+    some image has none of them, the files of `mask_folder` (None: no such fallback) are
+    paired with the images in sorted order, but only if there are as many as images and no
+    mask whose name matches an image would go to another image.
+    """
+    by_name = {image: next((m for m in candidates(image) if m.is_file()), None) for image in images}
+    if all(by_name.values()):
+        return [(image, by_name[image]) for image in images], "by name"
+    expected = " or ".join(str(m) for m in candidates(images[0]))
+    masks = _image_files(mask_folder) if mask_folder is not None and mask_folder.is_dir() else []
+    if not any(by_name.values()) and not masks:
+        if not require_masks:
+            return [(image, None) for image in images], "none"
+        raise FileNotFoundError(
+            f"no masks for the {len(images)} images in {images[0].parent}: expected {expected}, likewise for "
+            "every image; pass --no-masks to train without masks (and without ARI, FG-ARI and mIoU)"
+        )
+    missing = next(image for image in images if by_name[image] is None)
+    if len(masks) != len(images):
+        count = f"; {mask_folder} holds {len(masks)} files for {len(images)} images" if mask_folder else ""
+        raise FileNotFoundError(f"no mask for {missing}: expected {' or '.join(map(str, candidates(missing)))}{count}")
+    pairs = list(zip(images, masks))
+    for image, mask in pairs:
+        if by_name[image] not in (None, mask):
             raise FileNotFoundError(
-                f"no mask for {image}: expected {mask_for[image]}"
-                + ("" if require_masks else f" ({len(found)} other images in {where} have masks)")
+                f"no mask for {missing} by name, and sorted order would pair {image.name} with {mask.name} "
+                f"although {by_name[image].name} is its mask: name every mask in {mask_folder} after its image"
             )
-    return [(image, mask_for[image]) for image in images]
+    warnings.warn(
+        f"the mask names in {mask_folder} do not match the images' (expected {expected}); paired the "
+        f"{len(images)} images with the {len(masks)} masks by sorted file order "
+        f"({images[0].name} with {masks[0].name})",
+        stacklevel=3,
+    )
+    return pairs, "by sorted order"
 
 
-def _hold_out(items: list, val_fraction: float, seed: int) -> tuple[list, list]:
-    """A seeded random `val_fraction` of `items` as val, the rest as train (both in original order)."""
+@dataclass
+class _Split:
+    """The files of one split, how their masks were paired, and which files of the folder they are."""
+
+    pairs: list[Pair]
+    pairing: str
+    chosen: str  # which files, for the cache's source: e.g. "val" or "train, val of 0.1 held out with seed 0"
+
+
+def _hold_out(split: _Split, val_fraction: float, seed: int) -> tuple[_Split, _Split]:
+    """A seeded random `val_fraction` of the split's pairs as val, the rest as train (both in original order)."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    order = np.random.default_rng(seed).permutation(len(items))
-    val = set(order[: round(len(items) * val_fraction)].tolist())
-    return [x for i, x in enumerate(items) if i not in val], [x for i, x in enumerate(items) if i in val]
+    order = np.random.default_rng(seed).permutation(len(split.pairs))
+    val = set(order[: round(len(split.pairs) * val_fraction)].tolist())
+    held = f"of {val_fraction:g} held out with seed {seed}"
+    train = [x for i, x in enumerate(split.pairs) if i not in val]
+    return (
+        _Split(train, split.pairing, f"{split.chosen}, train {held}"),
+        _Split([x for i, x in enumerate(split.pairs) if i in val], split.pairing, f"{split.chosen}, val {held}"),
+    )
 
 
-def _course_pairs(
-    root: Path, require_masks: bool, val_fraction: float, seed: int
-) -> dict[str, list[tuple[Path, Path | None]]]:
+def _course_mask_names(mask_folder: Path, image: Path) -> list[Path]:
+    """Where an image's mask may be: CLEVRTex's ``<name>_flat.png`` first (beside a same-name copy of the
+    frame it would be the mask), then ``<name>.png``."""
+    return [mask_folder / f"{image.stem}_flat.png", mask_folder / f"{image.stem}.png"]
+
+
+def _course_splits(root: Path, require_masks: bool, val_fraction: float, seed: int) -> dict[str, _Split]:
     splits = {}
     for split in ("train", "val"):
-        folder = root / "images" / split
+        folder, mask_folder = root / "images" / split, root / "masks" / split
         if not folder.is_dir():
             continue
-        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
-        mask_for = {image: root / "masks" / split / (image.stem + ".png") for image in images}
-        splits[split] = _with_masks(images, mask_for, require_masks, f"masks/{split}")
+        images = _image_files(folder)
+        if not images:
+            splits[split] = _Split([], "none", split)
+            continue
+        candidates = partial(_course_mask_names, mask_folder)
+        splits[split] = _Split(*_pair_masks(images, candidates, mask_folder, require_masks), split)
     if "train" not in splits:
         raise FileNotFoundError(f"{root / 'images' / 'train'} is missing; the course layout is images/{{train,val}}/")
     if "val" not in splits:
@@ -297,22 +207,29 @@ def _course_pairs(
     return splits
 
 
-def _clevrtex_pairs(
+def _clevrtex_mask_name(image: Path) -> list[Path]:
+    """An official CLEVRTex frame's mask: ``<name>_flat.png`` beside it."""
+    return [image.with_name(f"{image.stem}_flat.png")]
+
+
+def _clevrtex_splits(
     root: Path, require_masks: bool, val_fraction: float, seed: int, official_split: bool
-) -> dict[str, list[tuple[Path, Path | None]]]:
+) -> dict[str, _Split]:
     found = []
     for path in root.rglob("CLEVRTEX_*.png"):
         match = _CLEVRTEX_NAME.match(path.name)
         if match:
             found.append(((match.group(1), int(match.group(2))), path))
     images = [path for _, path in sorted(found)]
-    mask_for = {image: image.with_name(image.stem + "_flat.png") for image in images}
-    pairs = _with_masks(images, mask_for, require_masks, str(root))
+    every = _Split(*_pair_masks(images, _clevrtex_mask_name, None, require_masks), "all")
     if not official_split:
-        train, val = _hold_out(pairs, val_fraction, seed)
+        train, val = _hold_out(every, val_fraction, seed)
         return {"train": train, "val": val}
-    n = len(pairs)
-    return {"val": pairs[int(0.1 * n) : int(0.2 * n)], "train": pairs[int(0.2 * n) :]}
+    n = len(every.pairs)
+    return {
+        "val": _Split(every.pairs[int(0.1 * n) : int(0.2 * n)], every.pairing, "official val"),
+        "train": _Split(every.pairs[int(0.2 * n) :], every.pairing, "official train"),
+    }
 
 
 def load_dataset(
@@ -324,36 +241,44 @@ def load_dataset(
     seed: int = 0,
     max_train: int | None = None,
     max_val: int | None = None,
-    clevrtex_crop: int = 192,
+    crop: str = "auto",
     clevrtex_official_split: bool = True,
     decode_workers: int = 4,
+    cache_dir: str | Path | None = None,
 ) -> tuple[SceneDataset, SceneDataset, LoaderInfo]:
-    """Decode the train and val splits under `root` into memory (see the module docstring for layouts).
+    """The train and val splits under `root`, decoded once into `cache_dir` (see the module docstring).
 
-    `max_train` / `max_val` keep the first N files of a split (in name order) for quick runs.
+    `max_train` / `max_val` keep the first N files of a split (in name order) for quick runs;
+    `cache_dir` defaults to ``~/.cache/col775/scene-arrays``.
     """
     root = Path(root)
+    check_crop(crop)
     layout = detect_layout(root)
     if layout == "course":
-        pairs = _course_pairs(root, require_masks, val_fraction, seed)
-        reader = _Reader(image_size, background, crop=None)
+        splits = _course_splits(root, require_masks, val_fraction, seed)
     else:
-        pairs = _clevrtex_pairs(root, require_masks, val_fraction, seed, clevrtex_official_split)
-        reader = _Reader(image_size, (0, 0, 0), crop=clevrtex_crop)
-    limits = {"train": max_train, "val": max_val}
-    arrays = {split: _decode_all(pairs[split][: limits[split]], reader, decode_workers) for split in ("train", "val")}
+        splits = _clevrtex_splits(root, require_masks, val_fraction, seed, clevrtex_official_split)
+        background = (0, 0, 0)
+    reader = SceneReader(image_size, background, crop)
+    cache = Path(cache_dir or DEFAULT_CACHE_ROOT)
+    arrays = {}
+    for name, limit in (("train", max_train), ("val", max_val)):
+        split = splits[name]
+        chosen = f"{root.resolve()} {layout} {split.chosen}" + (f", first {limit}" if limit else "")
+        arrays[name] = load_scenes(split.pairs[:limit], reader, cache, name, chosen, decode_workers)
     if len(arrays["train"].images) == 0:
         raise FileNotFoundError(f"no readable training images under {root} (layout {layout})")
     has_masks = arrays["train"].masks is not None
     if has_masks != (arrays["val"].masks is not None) and len(arrays["val"].images):
         raise FileNotFoundError(f"{root}: one split has masks and the other has none; give masks to both or neither")
-    max_objects = max((int(a.masks.max()) for a in arrays.values() if a.masks is not None and a.masks.size), default=0)
     info = LoaderInfo(
         root=root, layout=layout, image_size=image_size,
         n_train=len(arrays["train"].images), n_val=len(arrays["val"].images),
-        has_masks=has_masks, max_objects=max_objects,
+        has_masks=has_masks, max_objects=max(a.max_objects for a in arrays.values()),
+        crop=describe_crop(crop, arrays["train"].frame_sizes + arrays["val"].frame_sizes, image_size),
+        mask_pairing={name: split.pairing for name, split in splits.items()},
         skipped=arrays["train"].skipped + arrays["val"].skipped,
-    )
+    )  # fmt: skip
     return SceneDataset(arrays["train"]), SceneDataset(arrays["val"]), info
 
 
@@ -368,7 +293,7 @@ def build_loaders(
 ) -> tuple[DataLoader, DataLoader, LoaderInfo]:
     """Train (shuffled, seeded) and val (in order) DataLoaders over `load_dataset(root, ...)`, plus its info.
 
-    `load_options` go to `load_dataset` (background, require_masks, val_fraction, max_train, ...).
+    `load_options` go to `load_dataset` (background, require_masks, crop, cache_dir, max_train, ...).
     """
     train, val, info = load_dataset(root, image_size=image_size, seed=seed, **load_options)
     generator = torch.Generator().manual_seed(seed)

@@ -89,7 +89,8 @@ def load_data(config: SlotsConfig) -> tuple[SceneDataset, SceneDataset, LoaderIn
     root = scene_root(config)
     return load_dataset(
         root, image_size=config.image_size, background=(0, 0, 0) if not config.data else config.background(),
-        require_masks=False, seed=config.seed, max_train=config.max_train or None, max_val=config.max_val or None,
+        require_masks=config.masks, seed=config.seed, max_train=config.max_train or None, max_val=config.max_val or None,
+        crop=config.crop, cache_dir=cache_root(config) / "scene-arrays",
     )  # fmt: skip
 
 
