@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from col775.core.config import to_dict
 from col775.core.runs import RunDir
-from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything
+from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything, single_process
 from col775.mathqa import data, synthetic
 from col775.mathqa.data import MAX_NUMBERS
 from col775.mathqa.beam import beam_search, greedy_search
@@ -207,7 +207,7 @@ def train_epoch(model: Seq2Seq, loader, optimizer, scheduler, config: MathqaConf
     model.train()
     total, tokens, examples = 0.0, 0, 0
     limit = config.max_steps_per_epoch or len(loader)
-    for step, batch in enumerate(progress(loader, f"epoch {epoch + 1} train", total=min(limit, len(loader)))):
+    for step, batch in enumerate(progress(loader, f"epoch {epoch + 1} train", total=min(limit, len(loader)), epoch=epoch)):
         if step >= limit:
             break
         batch = batch.to(device)
@@ -276,6 +276,7 @@ def make_model(config: MathqaConfig, prepared: Prepared, device: torch.device) -
 
 def train_model(config: MathqaConfig, out_dir: str | Path, force: bool = False) -> dict[str, Any]:
     """Train (or resume, or skip when finished) one run in ``out_dir``; returns its metrics.json content."""
+    single_process("col775 mathqa train")
     seed_everything(config.seed)
     device = pick_device(config.device)
     run = RunDir(out_dir, to_dict(config), force=force)
