@@ -20,7 +20,7 @@ class NonFiniteLossError(RuntimeError):
     """Training produced NaN or inf; the run stops and keeps its last good checkpoint."""
 
 
-_position: dict[str, int] = {}  # the epoch and step (1-based, as the logs count) a training bar is at
+_position: dict[str, int] = {}  # the training epoch (1-based, as the logs count) and steps done in it
 
 
 def single_process(command: str) -> None:
@@ -104,13 +104,15 @@ def progress(
 
 
 def _tracked(items: Iterable[T], epoch: int) -> Iterator[T]:
-    for step, item in enumerate(items, start=1):
-        _position.update(epoch=epoch + 1, step=step)
+    _position.update(epoch=epoch + 1, step=0)
+    for item in items:
         yield item
+        _position["step"] += 1  # the loop came back for the next batch: one more step is done
 
 
 def position() -> tuple[int, int] | None:
-    """(epoch, step), 1-based, of the training step this process is in or last took; None before any."""
+    """(epoch, steps done in it) of the last training epoch this process began, counting epochs from 1
+    as the logs do; None before any."""
     return (_position["epoch"], _position["step"]) if _position else None
 
 
