@@ -4,26 +4,16 @@ import json
 import os
 import re
 import signal
-import time
 
-from tests.core.tiny_resnet import train_args
+from tests.core.tiny_resnet import train_args, wait_for
 
 EPOCHS = 4
-
-
-def _wait_for(path, text, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.is_file() and text in path.read_text():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"{text!r} never appeared in {path}")
 
 
 def test_ctrl_c_says_where_the_run_stopped_and_the_same_command_resumes(tmp_path, launcher, resnet_cache):
     args = train_args(resnet_cache, tmp_path / "run", EPOCHS)
     pid = launcher.start(args, tmp_path / "out", tmp_path / "err")
-    _wait_for(tmp_path / "err", "epoch 1: train acc")  # logged once epoch 1 is saved
+    wait_for(tmp_path / "err", "epoch 1: train acc")  # logged once epoch 1 is saved
     os.kill(pid, signal.SIGINT)
     assert launcher.wait(pid) == 130
     err = (tmp_path / "err").read_text()

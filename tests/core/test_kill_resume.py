@@ -43,11 +43,11 @@ def _flat(record: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _assert_same(got: dict, want: dict) -> None:
+def _assert_same(got: dict, want: dict, story: str) -> None:
     got, want = _flat(got), _flat(want)
-    assert got.keys() == want.keys()
+    assert got.keys() == want.keys(), story
     for key, value in want.items():
-        assert got[key] == (pytest.approx(value, abs=1e-6) if isinstance(value, float) else value), key
+        assert got[key] == (pytest.approx(value, abs=1e-6) if isinstance(value, float) else value), (key, story)
 
 
 def _read(folder):
@@ -65,29 +65,34 @@ def test_ten_kill_resume_cycles_end_like_an_uninterrupted_run(tmp_path, launcher
     out = tmp_path / "killed"
     args = train_args(resnet_cache, out, EPOCHS)
     rng = random.Random(16)
-    left_behind = []
+    left_behind, story = [], []  # what each kill left, and how each cycle went (for a failure's message)
     for _ in range(CYCLES):
         pid = launcher.start(args, *logs)
         deadline = time.monotonic() + 60
         while _holder(out) != pid and time.monotonic() < deadline:  # it holds the folder: about to resume
             time.sleep(0.001)
         if rng.random() < 0.5:  # while it writes its next last.pt or best.pt
-            name = rng.choice(["last.pt", "best.pt"])
+            moment = rng.choice(["last.pt", "best.pt"])
             deadline = time.monotonic() + 10 * epoch_seconds
-            while not _saving(out, name, pid) and time.monotonic() < deadline:
+            while not _saving(out, moment, pid) and time.monotonic() < deadline:
                 time.sleep(0.0005)
         else:  # anywhere in the next two epochs: resuming, training, evaluating, logging, saving
-            time.sleep(rng.uniform(0, 2 * epoch_seconds))
+            moment = rng.uniform(0, 2 * epoch_seconds)
+            time.sleep(moment)
         os.kill(pid, signal.SIGKILL)
-        assert launcher.wait(pid) in (-signal.SIGKILL, 0), (tmp_path / "err").read_text()[-2000:]
+        code = launcher.wait(pid)
+        assert code in (-signal.SIGKILL, 0), (tmp_path / "err").read_text()[-2000:]
         left_behind += _temporaries(out)
+        saved = len((out / "metrics.jsonl").read_text().splitlines()) if (out / "metrics.jsonl").is_file() else 0
+        story.append(f"pid {pid} killed at {moment} (exit {code}), metrics.jsonl lines {saved}, {_temporaries(out)}")
     assert launcher.run(args, *logs) == 0, (tmp_path / "err").read_text()[-2000:]
 
     print(f"temporaries the kills left (each removed by the next run): {left_behind}")
     assert any(".pt.tmp" in name for name in left_behind)  # some kills did land inside checkpoint writes
-    assert _temporaries(out) == []
+    story = "\n".join(story)
+    assert _temporaries(out) == [], story
     history, resumed = _read(out)
-    _assert_same(resumed, expected)
-    assert len(history) == len(expected_history) == EPOCHS
+    _assert_same(resumed, expected, story)
+    assert len(history) == len(expected_history) == EPOCHS, story
     for got, want in zip(history, expected_history):
-        _assert_same(got, want)
+        _assert_same(got, want, story)

@@ -16,16 +16,7 @@ from col775.slots.slot_diffusion import SlotDiffusionConfig
 from col775.slots.train import train_sbd
 from col775.slots.train_diffusion import train_diffusion
 from col775.slots.train_vae import train_vae
-from tests.core.tiny_resnet import train_args
-
-
-def wait_for(path, text, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.is_file() and text in path.read_text():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"{text!r} never appeared in {path}")
+from tests.core.tiny_resnet import train_args, wait_for
 
 
 def hold(launcher, folder):

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ENV = dict(os.environ, COL775_NO_PROGRESS="1", OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
@@ -57,6 +58,16 @@ def train_args(cache: Path, out: Path, epochs: int) -> list[str]:
         "--synthetic-test-per-class", "2", "--batch-size", "16", "--cache-dir", str(cache),
         "--device", "cpu", "--warmup-epochs", "0",
     ]
+
+
+def wait_for(path: Path, text: str, timeout: float = 120.0) -> None:
+    """Wait until the file at `path` holds `text`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and text in path.read_text():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{text!r} never appeared in {path}")
 
 
 class Launcher:

@@ -7,8 +7,7 @@ Layout of a run folder:
     checkpoints/       last.pt (every epoch) and best.pt, each written atomically
     tb/                TensorBoard events
     plots/             figures of this run
-
-    .lock              names the process that holds the folder (see below)
+    .lock              the PID of the process that holds the folder (see below)
 
 Checkpoints are written to a temporary file and renamed over the old one, so a run killed at any instant
 (SIGKILL included) leaves either the previous or the new checkpoint, never half of one; it loses at most
@@ -20,7 +19,7 @@ operating system releases when the process ends, however it ends, so a killed ru
 lock. It is a `lockf` lock, not `flock`, because forked DataLoader workers would inherit a `flock` and
 keep a killed run's folder locked until they noticed their parent was gone; and since closing any
 descriptor of the lock file drops a `lockf` lock, each process opens the file once per folder however
-many RunDir objects it makes (`_FolderLock`).
+many RunDir objects it makes (`_lock_folder` counts them).
 """
 
 from __future__ import annotations
@@ -276,10 +275,22 @@ class RunDir:
         atomic_write_bytes(self.checkpoint_dir / "last.pt", buffer.getvalue())
 
     def _load(self, name: str) -> dict | None:
+        """The checkpoint `name`, loaded with `weights_only=True`: tensors, numbers, strings, lists and dicts
+        load; anything else is refused, because unpickling an object can run any code."""
         path = self.checkpoint_dir / name
         if not path.is_file():
             return None
-        return load_plain(path, "delete it to restart that run, or pass --force")
+        fix = "delete it to restart that run, or pass --force"
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            found = re.search(r"GLOBAL ([\w.]+)", str(error))
+            raise RunFolderError(
+                f"{path} holds pickled objects{f' ({found[1]})' if found else ''}, not only tensors, numbers, "
+                f"strings, lists and dicts, and loading those could run code, so it is refused; {fix}"
+            ) from error
+        except Exception as error:
+            raise RunFolderError(f"{path} cannot be read ({error}); {fix}") from error
 
     def resume(self, objects: dict[str, Stateful]) -> tuple[int, dict]:
         """Restore the last checkpoint into `objects`; returns (next epoch, the checkpoint's extra)."""
@@ -398,17 +409,3 @@ def read_history(path: Path, drop_partial_last: bool = False) -> list[dict[str, 
         )
     return records
 
-
-def load_plain(path: Path, fix: str) -> Any:
-    """`torch.load` of a run's file with `weights_only=True`: tensors, numbers, strings, lists and dicts
-    load; anything else is refused, because unpickling an object can run any code. `fix` says what to do."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"GLOBAL ([\w.]+)", str(error))
-        raise RunFolderError(
-            f"{path} holds pickled objects{f' ({found[1]})' if found else ''}, not only tensors, numbers, "
-            f"strings, lists and dicts, and loading those could run code, so it is refused; {fix}"
-        ) from error
-    except Exception as error:
-        raise RunFolderError(f"{path} cannot be read ({error}); {fix}") from error

@@ -20,9 +20,6 @@ class NonFiniteLossError(RuntimeError):
     """Training produced NaN or inf; the run stops and keeps its last good checkpoint."""
 
 
-_position: dict[str, int] = {}  # the training epoch (1-based, as the logs count) and steps done in it
-
-
 def single_process(command: str) -> None:
     """Refuse a `torchrun` launch of a trainer that has no distributed support: each process would train
     its own copy and write the same run folder."""
@@ -91,6 +88,9 @@ def check_finite(loss: torch.Tensor | float, where: str) -> None:
             f"loss became {value} at {where}. The run stops here and keeps its last good checkpoint; "
             "lower the learning rate, enable gradient clipping, or check the input data."
         )
+
+
+_position: dict[str, int] = {}  # the training epoch (1-based, as the logs count) and steps done in it
 
 
 def progress(
