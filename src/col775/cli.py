@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from col775.core.report import Report, runs_report
-from col775.core.runs import ConfigMismatchError
-from col775.core.training import NonFiniteLossError
+from col775.core.runs import ConfigMismatchError, RunFolderError
+from col775.core.training import NonFiniteLossError, position
 
 # Each study registers its own sub-commands and offers a `demo(out_dir) -> Report` in its study module.
 STUDIES = ("resnet", "mathqa", "slots")
@@ -73,7 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (FileNotFoundError, ValueError, ConfigMismatchError, NonFiniteLossError) as error:
-        # Expected failures (bad input, NaN loss, mismatched run folder) get one clear line, not a traceback.
+    except (FileNotFoundError, ValueError, ConfigMismatchError, RunFolderError, NonFiniteLossError) as error:
+        # Expected failures (bad input, NaN loss, a run folder that cannot be used) get one clear line.
         print(f"col775: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the run folder keeps its last checkpoint, and resuming is routine
+        where = position()
+        at = f" at epoch {where[0]}, step {where[1]}" if where else ""
+        print(f"col775: interrupted{at}; run the same command to resume", file=sys.stderr)
+        return 130

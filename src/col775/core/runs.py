@@ -7,21 +7,37 @@ Layout of a run folder:
     checkpoints/       last.pt (every epoch) and best.pt, each written atomically
     tb/                TensorBoard events
     plots/             this run's curves (one PNG per logged quantity), written when it finishes
+    .lock              the PID of the process that holds the folder (see below)
 
 Checkpoints are written to a temporary file and renamed over the old one, so a run killed at any instant
 (SIGKILL included) leaves either the previous or the new checkpoint, never half of one; it loses at most
-the epoch it was in.
+the epoch it was in. The temporaries such a kill leaves (`.<name>.tmp<PID>`) are removed the next time
+the folder is opened, and a half-written last line of metrics.jsonl is dropped on resume.
+
+One process at a time writes a folder: opening it takes an exclusive POSIX lock on `.lock`, which the
+operating system releases when the process ends, however it ends, so a killed run never leaves a stale
+lock. It is a `lockf` lock, not `flock`, because forked DataLoader workers would inherit a `flock` and
+keep a killed run's folder locked until they noticed their parent was gone; and since closing any
+descriptor of the lock file drops a `lockf` lock, each process opens the file once per folder however
+many RunDir objects it makes (`_lock_folder` counts them).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import io
 import json
 import logging
 import os
+import pickle
 import random
+import re
 import shutil
+import weakref
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -40,14 +56,50 @@ class ConfigMismatchError(RuntimeError):
     """The run folder holds a run started with other settings."""
 
 
+class RunFolderError(RuntimeError):
+    """A run folder cannot be used: another process holds it, its disk is full, or a file in it is unsafe
+    or unreadable. The message names the file or folder and what to do."""
+
+
+TEMPORARY = re.compile(r"\..+\.tmp(\d+)")  # what atomic writes name their temporaries: .<name>.tmp<PID>
+
+
+@contextmanager
+def _space_checked(path: Path) -> Iterator[None]:
+    """Turn a full disk while writing `path` into one line naming its folder and the space left there."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise RunFolderError(
+            f"no space left on the device writing {path} ({free / 2**20:.1f} MiB free in {path.parent}); "
+            "free some space and run the same command again to resume"
+        ) from error
+
+
+@contextmanager
+def _temporary(path: Path) -> Iterator[Path]:
+    """The temporary beside `path` that a write fills before renaming it over `path`; a write that fails
+    or is interrupted removes it at once, so a full disk is not kept full by the failed write."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with _space_checked(path):
+        try:
+            yield tmp
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers only ever see the old or the complete new file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with _temporary(path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -65,23 +117,70 @@ def _json_default(value: Any) -> Any:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every random generator a run draws from, so a resumed run continues the same random stream."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random generator a run draws from, so a resumed run continues the same random stream.
+    Only tensors, numbers and None, so a checkpoint loads with `weights_only=True`."""
+    version, words, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": version, "words": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python, numpy = state["python"], state["numpy"]
+    random.setstate((python["version"], tuple(python["words"].tolist()), python["gauss"]))
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["cached"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+LOCK_FILE = ".lock"
+_held_folders: dict[Path, list] = {}  # resolved folder -> [its open lock file, RunDir objects holding it]
+
+
+def _lock_folder(folder: Path) -> Path:
+    """Take this process's exclusive hold on `folder` (or count one more holder); returns its key."""
+    key = folder.resolve()
+    if key in _held_folders:
+        _held_folders[key][1] += 1
+        return key
+    handle = open(key / LOCK_FILE, "a+")
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunFolderError(
+            f"{folder} is in use by another process (PID {holder}); wait for it to finish or stop it, "
+            "or choose another --out"
+        ) from error
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _held_folders[key] = [handle, 1]
+    return key
+
+
+def _unlock_folder(key: Path) -> None:
+    entry = _held_folders[key]
+    entry[1] -= 1
+    if entry[1] == 0:
+        del _held_folders[key]
+        entry[0].close()
+
+
 class RunDir:
-    """One training run's folder. Only rank 0 of a distributed run writes anything."""
+    """One training run's folder. Only rank 0 of a distributed run writes anything, and it holds the
+    folder's lock from here until `close` (or until this object is collected, or the process ends)."""
 
     def __init__(self, path: str | Path, config: dict[str, Any], force: bool = False, rank: int = 0):
         self.path = Path(path)
@@ -91,10 +190,13 @@ class RunDir:
         self.checkpoint_dir = self.path / "checkpoints"
         self.plots_dir = self.path / "plots"
         self._tb = None
+        self._unlock = None
         if self.writes:
             self.path.mkdir(parents=True, exist_ok=True)
+            self._unlock = weakref.finalize(self, _unlock_folder, _lock_folder(self.path))
             if force:
                 self._clear()
+            self._remove_stale_temporaries()
             self._check_config()
             self.plots_dir.mkdir(exist_ok=True)
             atomic_write_bytes(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
@@ -112,6 +214,17 @@ class RunDir:
             (self.path / name).unlink(missing_ok=True)
         for name in ("checkpoints", "tb", "plots"):
             shutil.rmtree(self.path / name, ignore_errors=True)
+
+    def _remove_stale_temporaries(self) -> None:
+        """Remove what writes killed midway left behind (a disk they filled stays full otherwise).
+
+        Every temporary goes, whatever PID its name carries: only the process holding the lock writes
+        here, and this one holds it and is not writing yet. (Checking the PID for life would keep a dead
+        writer's file whenever its PID has been reused by an unrelated process.)"""
+        for path in self.path.rglob(".*.tmp*"):
+            if TEMPORARY.fullmatch(path.name) and path.is_file():
+                path.unlink()
+                log.info("removed %s, left by a run killed while writing it", path)
 
     def _check_config(self) -> None:
         """Refuse to resume a run under different settings: its numbers would belong to neither."""
@@ -146,26 +259,29 @@ class RunDir:
             "rng": rng_state(),
             "extra": extra or {},
         }
-        tmp = self.checkpoint_dir / f".last.pt.tmp{os.getpid()}"
-        torch.save(state, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+        buffer = io.BytesIO()  # serialised first, so that every write goes through atomic_write_bytes
+        torch.save(state, buffer)
         if best:
-            best_tmp = self.checkpoint_dir / f".best.pt.tmp{os.getpid()}"
-            shutil.copyfile(tmp, best_tmp)
-            os.replace(best_tmp, self.checkpoint_dir / "best.pt")
-        os.replace(tmp, self.checkpoint_dir / "last.pt")
+            atomic_write_bytes(self.checkpoint_dir / "best.pt", buffer.getvalue())
+        atomic_write_bytes(self.checkpoint_dir / "last.pt", buffer.getvalue())
 
     def _load(self, name: str) -> dict | None:
+        """The checkpoint `name`, loaded with `weights_only=True`: tensors, numbers, strings, lists and dicts
+        load; anything else is refused, because unpickling an object can run any code."""
         path = self.checkpoint_dir / name
         if not path.is_file():
             return None
+        fix = "delete it to restart that run, or pass --force"
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as error:
-            raise RuntimeError(
-                f"checkpoint {path} cannot be read ({error}); delete it to restart that run, or pass --force"
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            found = re.search(r"GLOBAL ([\w.]+)", str(error))
+            raise RunFolderError(
+                f"{path} holds pickled objects{f' ({found[1]})' if found else ''}, not only tensors, numbers, "
+                f"strings, lists and dicts, and loading those could run code, so it is refused; {fix}"
             ) from error
+        except Exception as error:
+            raise RunFolderError(f"{path} cannot be read ({error}); {fix}") from error
 
     def resume(self, objects: dict[str, Stateful]) -> tuple[int, dict]:
         """Restore the last checkpoint into `objects`; returns (next epoch, the checkpoint's extra)."""
@@ -179,7 +295,8 @@ class RunDir:
         set_rng_state(state["rng"])
         next_epoch = state["epoch"] + 1
         if self.writes:
-            kept = [r for r in self.history() if r.get("epoch", -1) < next_epoch]
+            history = read_history(self.path / "metrics.jsonl", drop_partial_last=True)
+            kept = [r for r in history if r.get("epoch", -1) < next_epoch]
             atomic_write_bytes(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept).encode())
         return next_epoch, state["extra"]
 
@@ -197,7 +314,8 @@ class RunDir:
         """Append one epoch's numbers (a flat dict with "epoch") and mirror them to TensorBoard."""
         if not self.writes:
             return
-        with open(self.path / "metrics.jsonl", "a") as handle:
+        path = self.path / "metrics.jsonl"
+        with _space_checked(path), open(path, "a") as handle:
             handle.write(json.dumps(record, default=_json_default) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
@@ -215,10 +333,7 @@ class RunDir:
         return self._tb
 
     def history(self) -> list[dict[str, Any]]:
-        path = self.path / "metrics.jsonl"
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_history(self.path / "metrics.jsonl")
 
     def write_json(self, name: str, obj: Any) -> Path:
         path = self.path / name
@@ -234,9 +349,12 @@ class RunDir:
         self.close()
 
     def close(self) -> None:
+        """Flush TensorBoard and let go of the folder (another process may open it from now on)."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._unlock is not None:
+            self._unlock()
 
 
 def read_run(path: str | Path) -> dict[str, Any]:
@@ -244,14 +362,42 @@ def read_run(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not (path / "config.yaml").is_file():
         raise FileNotFoundError(f"{path} is not a run folder (no config.yaml)")
-    history_path = path / "metrics.jsonl"
     metrics_path = path / "metrics.json"
     return {
         "path": path,
         "name": path.name,
         "config": yaml.safe_load((path / "config.yaml").read_text()) or {},
-        "history": [json.loads(l) for l in history_path.read_text().splitlines() if l.strip()]
-        if history_path.is_file()
-        else [],
+        "history": read_history(path / "metrics.jsonl"),
         "metrics": json.loads(metrics_path.read_text()) if metrics_path.is_file() else None,
     }
+
+
+def read_history(path: Path, drop_partial_last: bool = False) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl (none when it does not exist). A line that is not a JSON object is
+    an error naming the file and line, except, with `drop_partial_last`, an unreadable last line: a run
+    killed while appending leaves half a line, which belongs to the epoch a resumed run redoes."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            if drop_partial_last and number == len(lines):
+                log.warning("%s: dropped its half-written last line (the epoch being redone)", path)
+                continue
+            problem = error.msg
+        else:
+            if isinstance(record, dict):
+                records.append(record)
+                continue
+            problem = "not a JSON object"
+        raise ValueError(
+            f"{path} line {number} is not an epoch record ({problem}); repair or delete that line, "
+            "or pass --force to start the run over"
+        )
+    return records
+

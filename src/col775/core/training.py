@@ -1,4 +1,5 @@
-"""Small pieces every training loop shares: seeding, device choice, early stopping, NaN guards, progress."""
+"""Small pieces every training loop shares: seeding, device choice, early stopping, NaN guards, progress
+(which also keeps where training is, for the line a Ctrl-C ends with)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 import os
 import random
 import sys
-from typing import Iterable, TypeVar
+from typing import Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -17,6 +18,17 @@ T = TypeVar("T")
 
 class NonFiniteLossError(RuntimeError):
     """Training produced NaN or inf; the run stops and keeps its last good checkpoint."""
+
+
+def single_process(command: str) -> None:
+    """Refuse a `torchrun` launch of a trainer that has no distributed support: each process would train
+    its own copy and write the same run folder."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        raise ValueError(
+            f"{command} trains in one process only, but WORLD_SIZE is {world_size} (a torchrun launch); "
+            "run it without torchrun"
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -50,7 +62,7 @@ class EarlyStopping:
         """Record one epoch's value; True when it is the best so far."""
         better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
         if better:
-            self.best = value
+            self.best = float(value)  # a plain float, so that a checkpoint of it loads with weights_only
             self.bad_epochs = 0
         else:
             self.bad_epochs += 1
@@ -78,10 +90,30 @@ def check_finite(loss: torch.Tensor | float, where: str) -> None:
         )
 
 
-def progress(iterable: Iterable[T], desc: str, total: int | None = None, leave: bool = False) -> Iterable[T]:
-    """A tqdm bar on stderr; silent when COL775_NO_PROGRESS=1 or on a non-zero distributed rank."""
+_position: dict[str, int] = {}  # the training epoch (1-based, as the logs count) and steps done in it
+
+
+def progress(
+    iterable: Iterable[T], desc: str, total: int | None = None, leave: bool = False, epoch: int | None = None
+) -> Iterable[T]:
+    """A tqdm bar on stderr; silent when COL775_NO_PROGRESS=1 or on a non-zero distributed rank.
+    Given `epoch` (0-based), the bar is that epoch's training pass and `position` follows its steps."""
     disabled = os.environ.get("COL775_NO_PROGRESS") == "1" or os.environ.get("RANK", "0") != "0"
-    return tqdm(iterable, desc=desc, total=total, leave=leave, disable=disabled, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(iterable, desc=desc, total=total, leave=leave, disable=disabled, file=sys.stderr, dynamic_ncols=True)
+    return bar if epoch is None else _tracked(bar, epoch)
+
+
+def _tracked(items: Iterable[T], epoch: int) -> Iterator[T]:
+    _position.update(epoch=epoch + 1, step=0)
+    for item in items:
+        yield item
+        _position["step"] += 1  # the loop came back for the next batch: one more step is done
+
+
+def position() -> tuple[int, int] | None:
+    """(epoch, steps done in it) of the last training epoch this process began, counting epochs from 1
+    as the logs do; None before any."""
+    return (_position["epoch"], _position["step"]) if _position else None
 
 
 def optimise(

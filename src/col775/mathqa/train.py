@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from col775.core.config import from_dict, to_dict
 from col775.core.runs import ConfigMismatchError, RunDir
-from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything
+from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything, single_process
 from col775.mathqa import data, synthetic
 from col775.mathqa.data import MAX_NUMBERS
 from col775.mathqa.beam import beam_search, greedy_search
@@ -282,7 +282,7 @@ def train_epoch(model: Seq2Seq, loader, optimizer, scheduler, config: MathqaConf
     model.train()
     total, tokens, examples = 0.0, 0, 0
     limit = config.max_steps_per_epoch or len(loader)
-    for step, batch in enumerate(progress(loader, f"epoch {epoch + 1} train", total=min(limit, len(loader)))):
+    for step, batch in enumerate(progress(loader, f"epoch {epoch + 1} train", total=min(limit, len(loader)), epoch=epoch)):
         if step >= limit:
             break
         batch = batch.to(device)
@@ -351,6 +351,7 @@ def make_model(config: MathqaConfig, prepared: Prepared, device: torch.device) -
 
 def train_model(config: MathqaConfig, out_dir: str | Path, force: bool = False) -> dict[str, Any]:
     """Train (or resume, or skip when finished) one run in ``out_dir``; returns its metrics.json content."""
+    single_process("col775 mathqa train")
     seed_everything(config.seed)
     device = pick_device(config.device)
     hashes = data_hashes(config)

@@ -234,7 +234,7 @@ def train_epoch(model, loader, optimizer, scheduler, config: ResnetConfig, devic
     total = min(len(loader), limit) if limit else len(loader)
     augment = BatchAugment(config.image_size) if config.augment == "device" else None
     last_loss = None
-    for step, (images, targets) in enumerate(progress(loader, f"epoch {epoch + 1} train", total=total)):
+    for step, (images, targets) in enumerate(progress(loader, f"epoch {epoch + 1} train", total=total, epoch=epoch)):
         if limit and step >= limit:
             break
         images, targets = _to_device(images, targets, device, augment)

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from col775.core.runs import RunDir
-from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything
+from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything, single_process
 from col775.slots.autoencoder import SlotAutoencoder, TrainRecipe, reconstruction_loss
 from col775.slots.config import SlotsConfig, run_fields
 from col775.slots.data import LoaderInfo, SceneDataset, load_dataset
@@ -192,7 +192,7 @@ def train_epoch(
     """Optimise on `batches`; returns the mean reconstruction loss."""
     model.train()
     losses = []
-    for step, batch in enumerate(progress(batches, f"epoch {epoch + 1}/{config.epochs} train", total=total)):
+    for step, batch in enumerate(progress(batches, f"epoch {epoch + 1}/{config.epochs} train", total=total, epoch=epoch)):
         images = batch["image"].to(device)
         loss = reconstruction_loss(model(images)["recon"], images)
         optimise(loss, optimizer, f"epoch {epoch + 1}, step {step + 1}", config.grad_clip, model.parameters())
@@ -249,6 +249,7 @@ def train_sbd(config: SlotsConfig, out: str | Path, force: bool = False) -> dict
     """Train (or resume, or skip when finished) one SBD run in `out`; returns its metrics.json content."""
     if config.decoder != "sbd":
         raise ValueError(f"train_sbd trains the spatial broadcast decoder, but decoder is {config.decoder!r}")
+    single_process("col775 slots train")
     seed_everything(config.seed)
     device = pick_device(config.device)
     run = RunDir(out, run_fields(config), force=force)

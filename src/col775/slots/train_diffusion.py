@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from col775.core.config import to_dict
 from col775.core.runs import RunDir
-from col775.core.training import optimise, pick_device, progress, seed_everything
+from col775.core.training import optimise, pick_device, progress, seed_everything, single_process
 from col775.slots.evaluate import evaluate_segmentation
 from col775.slots.fid import fid_folders, write_png_folder
 from col775.slots.generation import compositional_generation, to_uint8
@@ -141,7 +141,7 @@ def train_epoch(
     model.train()
     losses = []
     params = model.trainable_parameters()
-    for step, batch in enumerate(progress(batches, f"epoch {epoch + 1}/{config.epochs} train", total=total)):
+    for step, batch in enumerate(progress(batches, f"epoch {epoch + 1}/{config.epochs} train", total=total, epoch=epoch)):
         loss = model.loss(batch["image"].to(device))
         optimise(loss, optimizer, f"epoch {epoch + 1}, step {step + 1}", config.grad_clip, params)
         scheduler.step()
@@ -216,6 +216,7 @@ def final_scores(
 
 def train_diffusion(config: SlotDiffusionConfig, out: str | Path, force: bool = False) -> dict:
     """Train (or resume, or skip when finished) one slot-diffusion run in `out`; returns metrics.json's content."""
+    single_process("col775 slots train-diffusion")
     seed_everything(config.seed)
     device = pick_device(config.device)
     out = Path(out)

@@ -28,7 +28,7 @@ from torch import nn
 
 from col775.core.config import to_dict
 from col775.core.runs import RunDir, atomic_write_bytes
-from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything
+from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything, single_process
 from col775.slots.slot_diffusion import DATA_FIELDS, VAE_FIELDS, SlotDiffusionConfig, build_vae
 from col775.slots.train import epoch_batches, make_loaders
 from col775.slots.vae import VQVAE, codebook_usage, restart_dead_codes
@@ -97,7 +97,7 @@ def train_vae_epoch(
     sums = {"loss": 0.0, "recon_mse": 0.0, "vq_loss": 0.0}
     epoch_counts = torch.zeros(config.vae_num_codes, dtype=torch.long)
     restarted, steps = 0, 0
-    for batch in progress(batches, f"vae epoch {epoch + 1}/{config.vae_epochs}", total=total):
+    for batch in progress(batches, f"vae epoch {epoch + 1}/{config.vae_epochs}", total=total, epoch=epoch):
         images = batch["image"].to(device)
         loss, mse, vq, indices = vae_loss(vae, images)
         optimise(loss, optimizer, f"VAE epoch {epoch + 1}, step {steps + 1}")
@@ -154,6 +154,7 @@ def save_state_dict(module: nn.Module, path: Path) -> Path:
 
 def train_vae(config: SlotDiffusionConfig, out: str | Path, force: bool = False) -> dict:
     """Train (or resume, or skip when finished) a VQ-VAE in `out`; returns its metrics.json content."""
+    single_process("col775 slots train-vae")
     seed_everything(config.seed)
     device = pick_device(config.device)
     run = RunDir(out, vae_run_fields(config), force=force)

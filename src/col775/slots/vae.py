@@ -6,7 +6,7 @@ VQGAN autoencoder without the GAN. Module names follow that code so the course c
 with `load_state_dict(..., strict=True)`:
 
     vae = VQVAE()                                   # 128x128x3 image <-> 3x32x32 latent
-    vae.load_state_dict(torch.load(path, map_location="cpu"))
+    vae.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     z = vae.encode(images)                          # [B,3,32,32], the diffusion model's z0
     images = vae.decode(z)                          # snaps z to the codebook, then decodes
 
