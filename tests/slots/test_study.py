@@ -126,6 +126,17 @@ def test_study_of_both_decoders_passes_every_flag_to_every_run_and_takes_a_vae(c
     assert "| spatial broadcast |" in results and "| latent diffusion | DDIM, 3 steps |" in results
 
 
+def test_commands_take_the_image_size_of_the_data_unless_given(tmp_path):
+    (tmp_path / "scenes.json").write_text(json.dumps({"size": 48}))
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command"))
+    for command in ("train-vae", "train-diffusion", "train", "study"):
+        args = parser.parse_args(["slots", command, "--preset", "course", "--data", str(tmp_path)])
+        assert cli._overrides(args)["image_size"] == 48, command
+    args = parser.parse_args(["slots", "train-vae", "--data", str(tmp_path), "--image-size", "64"])
+    assert cli._overrides(args)["image_size"] == "64"
+
+
 def test_cli_trains_either_decoder_and_refuses_unknown_ones():
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers(dest="command"))

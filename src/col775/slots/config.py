@@ -196,10 +196,15 @@ class SlotsConfig:
         return f"ancestral, {self.num_timesteps} steps"
 
 
-def run_fields(config: SlotsConfig) -> dict:
-    """The settings one training run depends on: its decoder's, not the other's, and no evaluation field."""
+def decoder_fields(config: SlotsConfig) -> dict:
+    """The settings of `config.decoder`: every field but the other decoder's own."""
     other = DIFFUSION_FIELDS if config.decoder == "sbd" else SBD_FIELDS
-    return {k: v for k, v in to_dict(config).items() if k not in EVAL_FIELDS + other}
+    return {k: v for k, v in to_dict(config).items() if k not in other}
+
+
+def run_fields(config: SlotsConfig) -> dict:
+    """The settings one training run depends on: its decoder's, and no evaluation field."""
+    return {k: v for k, v in decoder_fields(config).items() if k not in EVAL_FIELDS}
 
 
 def vae_run_fields(config: SlotsConfig) -> dict:

@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from col775.core.config import to_dict
 from col775.core.plots import line_plot
 from col775.core.report import Report
-from col775.slots.config import SlotsConfig
+from col775.slots.config import SlotsConfig, decoder_fields
 
 # Published numbers quoted for context (not reproduced here): (source, data, ARI %, FG-ARI %, FID).
 PUBLISHED = (
@@ -133,7 +132,7 @@ def build_report(results: dict[str, DecoderResult], summary: dict) -> Report:
         _decoder_section(report, name, result)
     report.text(f"This study call took {summary['wall_seconds']:.0f} s (training times above are the runs' own).")
     for name, result in results.items():
-        report.settings(name, to_dict(result.config))
+        report.settings(name, decoder_fields(result.config))
     return report
 
 
