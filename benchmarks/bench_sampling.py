@@ -1,7 +1,7 @@
 """Ancestral sampling with all T = 1000 steps against DDIM with 50: time, and the quality of what each makes.
 
 Both samplers reconstruct the same validation images from their slots with a trained slot-diffusion
-model (the best checkpoint of a `col775 slots train-diffusion` run), starting from the same noise.
+model (the best checkpoint of a `col775 slots train --decoder diffusion` run), starting from the same noise.
 Quality is the MSE to the images and the clean-fid FID of the reconstructions against the images
 themselves (with so few images FID is biased upwards; it compares the two samplers, nothing else).
 
@@ -26,19 +26,19 @@ from col775.core.config import from_dict
 from col775.core.training import pick_device
 from col775.slots.fid import InceptionFeatures, fid_folders, write_png_folder
 from col775.slots.generation import to_uint8
-from col775.slots.slot_diffusion import SlotDiffusionConfig
-from col775.slots.train import make_loaders
-from col775.slots.train_diffusion import load_diffusion
+from col775.slots.config import SlotsConfig
+from col775.slots.loaders import make_loaders
+from col775.slots.train import load_trained
 
 
-def run_config(run: Path) -> SlotDiffusionConfig:
+def run_config(run: Path) -> SlotsConfig:
     path = run / "config.yaml"
     if not (run / "checkpoints").is_dir() or not path.is_file():
         raise FileNotFoundError(
             f"{run} is not a trained slot-diffusion run; make one with "
-            f"`col775 slots train-diffusion --out {run}` (the demo preset takes a few minutes)"
+            f"`col775 slots train --decoder diffusion --preset demo --out {run}` (a few minutes)"
         )
-    return from_dict(SlotDiffusionConfig, yaml.safe_load(path.read_text()), str(path))
+    return from_dict(SlotsConfig, yaml.safe_load(path.read_text()), str(path))
 
 
 def timed(step) -> tuple[torch.Tensor, float]:
@@ -53,7 +53,7 @@ def timed(step) -> tuple[torch.Tensor, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, default=Path("runs/slots-diffusion"), help="a train-diffusion run folder")
+    parser.add_argument("--run", type=Path, default=Path("runs/slots-diffusion"), help="a diffusion run folder")
     parser.add_argument("--images", type=int, default=64, help="validation images to reconstruct")
     parser.add_argument("--ddim-steps", type=int, default=50)
     parser.add_argument("--quick", action="store_true", help="16 images")
@@ -61,22 +61,22 @@ def main() -> None:
     count = 16 if args.quick else args.images
     if not (args.run / "checkpoints").is_dir():
         print(f"skipped: no trained slot-diffusion run at {args.run} "
-              f"(make one with `col775 slots train-diffusion --out {args.run}`, or pass --run)")
+              f"(make one with `col775 slots train --decoder diffusion --preset demo --out {args.run}`, or pass --run)")
         return
 
     config = run_config(args.run)
     device = pick_device(config.device)
-    model = load_diffusion(config, args.run, device)
+    model = load_trained(config, args.run, device)
     dataset = make_loaders(config).val.dataset
     count = min(count, len(dataset))
     images = torch.stack([dataset[i]["image"] for i in range(count)]).to(device)
-    slots = model.encode(images)
-    inner = model.model
-    timesteps = inner.diffusion.num_steps
+    with torch.no_grad():
+        slots = model.encode(images)[0]
+    timesteps = model.diffusion.num_steps
 
     def sample(sampler: str, steps: int) -> torch.Tensor:
-        generator = torch.Generator(device=device).manual_seed(0)
-        return inner.generate(slots, sampler, steps, generator)
+        model.use_sampler(sampler, steps)
+        return model.decode(slots, torch.Generator(device=device).manual_seed(0))
 
     ddim, ddim_seconds = timed(lambda: sample("ddim", args.ddim_steps))
     ancestral, ancestral_seconds = timed(lambda: sample("ancestral", timesteps))

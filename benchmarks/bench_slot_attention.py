@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from col775.slots.autoencoder import SlotAutoencoder, demo_config, reconstruction_loss
+from col775.slots.sbd import SlotAutoencoder, demo_config
 from col775.slots.slot_attention import SlotAttention
 
 try:
@@ -80,7 +80,7 @@ def autoencoder_step(model: SlotAutoencoder, images: Tensor) -> Callable[[], Non
     opt = torch.optim.Adam(model.parameters(), lr=4e-4)
 
     def step() -> None:
-        loss = reconstruction_loss(model(images)["recon"], images)
+        loss = model.loss(images)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from diffusers import UNet2DConditionModel
 
-from col775.slots.unet import UNet, UNetConfig, course_unet_config, demo_unet_config
+from col775.slots.diffusion.unet import UNet, UNetConfig, course_unet_config, demo_unet_config
 
 
 def diffusers_twin(cfg: UNetConfig) -> UNet2DConditionModel:

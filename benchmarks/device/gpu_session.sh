@@ -70,7 +70,7 @@ timeout 100 "$PY" -m col775 slots train --preset course --n-train 512 --n-val 32
     --num-workers 2 --device $DEVICE --out "$W/slots" >"$W/slots.log" 2>&1
 echo "slots rc $?"; tail -n 6 "$W/slots.log"; cat "$W/slots/metrics.jsonl" 2>/dev/null | tail -n 2
 stamp "latent diffusion demo: VQ-VAE, slot-conditioned UNet, DDIM sampling (shared GPU)"
-timeout 110 "$PY" -m col775 slots train-diffusion --preset diffusion-demo --no-fid --device $DEVICE --out "$W/diffusion" \
+timeout 110 "$PY" -m col775 slots train --decoder diffusion --preset demo --device $DEVICE --out "$W/diffusion" \
     >"$W/diffusion.log" 2>&1
 echo "diffusion rc $?"; tail -n 8 "$W/diffusion.log"
 

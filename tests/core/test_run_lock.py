@@ -12,9 +12,7 @@ from col775.mathqa.train import MathqaConfig, train_model
 from col775.resnet.config import ResnetConfig
 from col775.resnet.train import train
 from col775.slots.config import SlotsConfig
-from col775.slots.slot_diffusion import SlotDiffusionConfig
-from col775.slots.train import train_sbd
-from col775.slots.train_diffusion import train_diffusion
+from col775.slots.train import train as train_slots
 from col775.slots.train_vae import train_vae
 from tests.core.tiny_resnet import train_args, wait_for
 
@@ -69,9 +67,9 @@ def test_a_second_process_is_refused_at_once_naming_the_holder_and_a_killed_hold
     [
         (train, ResnetConfig(device="cpu")),
         (train_model, MathqaConfig(device="cpu")),
-        (train_sbd, SlotsConfig(device="cpu")),
-        (train_vae, SlotDiffusionConfig(device="cpu")),
-        (train_diffusion, SlotDiffusionConfig(device="cpu")),
+        (train_slots, SlotsConfig(device="cpu")),
+        (train_vae, SlotsConfig(device="cpu", decoder="diffusion")),
+        (train_slots, SlotsConfig(device="cpu", decoder="diffusion")),
     ],
     ids=["resnet", "mathqa", "slots", "slots-vae", "slots-diffusion"],
 )
@@ -96,9 +94,9 @@ def test_one_process_may_open_its_own_folder_twice_and_keeps_it_until_the_last_c
     "trainer, config, name",
     [
         (train_model, MathqaConfig(device="cpu"), "mathqa train"),
-        (train_sbd, SlotsConfig(device="cpu"), "slots train"),
-        (train_vae, SlotDiffusionConfig(device="cpu"), "slots train-vae"),
-        (train_diffusion, SlotDiffusionConfig(device="cpu"), "slots train-diffusion"),
+        (train_slots, SlotsConfig(device="cpu"), "slots train"),
+        (train_vae, SlotsConfig(device="cpu", decoder="diffusion"), "slots train-vae"),
+        (train_slots, SlotsConfig(device="cpu", decoder="diffusion"), "slots train"),
     ],
 )
 def test_trainers_without_ddp_refuse_a_world_size_above_one(tmp_path, monkeypatch, trainer, config, name):

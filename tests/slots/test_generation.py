@@ -6,7 +6,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 from torch.utils.data import DataLoader
 
-from col775.slots.autoencoder import SlotAutoencoder, SlotAutoencoderConfig
+from col775.slots.sbd import SlotAutoencoder, SlotAutoencoderConfig
 from col775.slots.generation import (
     build_library,
     collect_slots,
@@ -70,7 +70,7 @@ def test_generation_with_a_slot_autoencoder_gives_decoded_images():
     model = SlotAutoencoder(config).eval()
     data = [{"image": torch.rand(3, 16, 16) * 2 - 1, "index": i} for i in range(8)]
     encode = lambda images: model.encode(images)[0]  # noqa: E731
-    decode = lambda slots: model.decode(slots)["recon"]  # noqa: E731
+    decode = lambda slots: model.decode(slots)  # noqa: E731
     with torch.no_grad():
         images, library = compositional_generation(encode, decode, DataLoader(data, batch_size=4), count=5,
                                                    num_clusters=3, device=torch.device("cpu"), batch_size=2)  # fmt: skip

@@ -6,25 +6,21 @@ import json
 import pytest
 import torch
 
-from col775.core.config import config_from_args
+from col775.slots import cli
 from col775.slots import train_vae as train_vae_module
-from col775.slots.cli_diffusion import add_train_vae
-from col775.slots.slot_diffusion import SlotDiffusionConfig
+from col775.slots.config import SlotsConfig, load_slots_config
+from col775.slots.diffusion.vae import VQVAE
 from col775.slots.train_vae import CodeCounter, train_vae, vae_file
-from col775.slots.vae import VQVAE
+from tests.slots.tiny import tiny_config as tiny
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_config(cache, **changes) -> SlotDiffusionConfig:
-    values = dict(
-        image_size=16, n_train=12, n_val=4, max_objects=2, num_slots=3, slot_dim=16, slot_hidden_dim=16,
-        encoder_channels=[8], encoder_strides=[2], vae_arch="small", vae_num_codes=16, vae_epochs=2,
-        vae_steps_per_epoch=3, vae_batch_size=4, vae_lr=1e-3, vae_restart_every=2, eval_batch_size=4,
-        cache_dir=str(cache), device="cpu",
-    )  # fmt: skip
-    return SlotDiffusionConfig(**(values | changes))
+def tiny_config(cache, **changes) -> SlotsConfig:
+    values = dict(n_train=12, n_val=4, vae_epochs=2, vae_steps_per_epoch=3, vae_lr=1e-3, vae_restart_every=2,
+                  eval_batch_size=4)  # fmt: skip
+    return tiny(cache, "diffusion", **(values | changes))
 
 
 def test_vae_pt_is_a_plain_state_dict_loading_strictly_and_usage_is_logged(tmp_path):
@@ -49,7 +45,7 @@ def test_vae_pt_is_a_plain_state_dict_loading_strictly_and_usage_is_logged(tmp_p
 
 
 def _val_loader(config):
-    from col775.slots.train import make_loaders
+    from col775.slots.loaders import make_loaders
 
     return make_loaders(config).val
 
@@ -92,13 +88,13 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
 def test_cli_flags_override_the_demo_preset_and_a_finished_run_is_reused(tmp_path, monkeypatch):
     parser = argparse.ArgumentParser()
-    add_train_vae(parser.add_subparsers(dest="command"))
+    cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args([
-        "train-vae", "--out", str(tmp_path / "run"), "--image-size", "16", "--n-train", "8", "--n-val", "4",
+        "slots", "train-vae", "--out", str(tmp_path / "run"), "--image-size", "16", "--n-train", "8", "--n-val", "4",
         "--vae-epochs", "1", "--vae-steps-per-epoch", "1", "--vae-batch-size", "4", "--eval-batch-size", "4",
         "--vae-num-codes", "8", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
     ])  # fmt: skip
-    config = config_from_args(SlotDiffusionConfig, args, "slots", default_preset="diffusion-demo")
+    config = load_slots_config("demo", cli._overrides(args), "diffusion")
     assert config.vae_arch == "tiny" and config.image_size == 16 and config.vae_num_codes == 8
     assert args.handler(args) == 0
     assert vae_file(tmp_path / "run").is_file()

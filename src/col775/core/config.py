@@ -123,7 +123,7 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T
     return cls(**_checked(_field_types(cls), values, source))
 
 
-def _read_preset(path: Traversable) -> dict[str, Any]:
+def read_preset(path: Traversable) -> dict[str, Any]:
     """A preset file's mapping; a YAML syntax error names the file, line and column."""
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
@@ -143,7 +143,7 @@ def load_config(cls: type[T], study: str, preset: str | Path | None, overrides: 
     values: dict[str, Any] = {}
     if preset is not None:
         path = preset_path(study, preset)
-        values.update(_checked(types_, _read_preset(path), str(path)))
+        values.update(_checked(types_, read_preset(path), str(path)))
     values.update(_checked(types_, {k: v for k, v in overrides.items() if v is not None}, "command line"))
     return cls(**values)
 

@@ -8,11 +8,11 @@ The top-level CLI calls ``register(subparsers)``. Each sub-command is added by o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from col775.slots.cli_diffusion import add_train_diffusion, add_train_vae
 from col775.slots.scenes import write_scene_folder
 
 
@@ -58,58 +58,106 @@ def _run_make_scenes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train(commands: argparse._SubParsersAction) -> None:
-    from col775.core.config import add_config_args
-    from col775.slots.config import STUDY_FIELDS, SlotsConfig
+def _overrides(args: argparse.Namespace) -> dict:
+    """The config fields given on the command line; with --data and no --image-size, the data's image size."""
+    from col775.slots.config import SlotsConfig
+    from col775.slots.loaders import data_image_size
 
-    parser = commands.add_parser(
-        "train", help="train and evaluate one Slot Attention run (--decoder sbd)",
-        description="Train one run in --out (the same --out resumes it) and write metrics.json with the "
-                    "validation ARI, FG-ARI, mIoU and reconstruction MSE. Without --data, scenes are generated.",
-    )  # fmt: skip
-    parser.add_argument("--out", default="runs/slots", help="run folder (the same folder resumes)")
+    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(SlotsConfig)}
+    if overrides["data"] and overrides["image_size"] is None:
+        overrides["image_size"] = data_image_size(Path(overrides["data"]).expanduser())
+    return overrides
+
+
+def _add_command(commands: argparse._SubParsersAction, name: str, out: str, skip: tuple[str, ...], help: str,
+                 description: str, **defaults) -> argparse.ArgumentParser:
+    """A sub-command taking every config field but `skip` as a flag, with --out and --force."""
+    from col775.core.config import add_config_args
+    from col775.slots.config import SlotsConfig
+
+    parser = commands.add_parser(name, help=help, description=description)
+    add_config_args(parser, SlotsConfig, skip=skip)
+    parser.add_argument("--out", default=out, help=f"run folder (the same folder resumes; default {out})")
     parser.add_argument("--force", action="store_true", help="train again even if the run finished")
-    add_config_args(parser, SlotsConfig, skip=STUDY_FIELDS)
-    parser.set_defaults(handler=_run_train)
+    parser.set_defaults(**defaults)
+    return parser
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    from col775.slots.config import EVAL_FIELDS
+
+    study_only = tuple(f for f in EVAL_FIELDS if f not in ("sampler", "sampler_steps", "recon_max_images"))
+    _add_command(
+        commands, "train", "runs/slots", study_only, help="train and evaluate one Slot Attention run (--decoder sbd|diffusion)",
+        description="Train one run in --out (the same --out resumes it) and write metrics.json with the validation "
+                    "ARI, FG-ARI, mIoU and reconstruction MSE. Without --data, scenes are generated. The diffusion "
+                    "decoder uses --vae PATH (the course's vae_checkpoint.pth or a train-vae vae.pt) or first "
+                    "trains a VQ-VAE into <out>/vae. Evaluating a finished run with another --sampler does not "
+                    "train it again.",
+        handler=_run_train, default_preset=None,
+    )  # fmt: skip
+    _add_command(
+        commands, "train-diffusion", "runs/slots-diffusion", study_only + ("decoder",),
+        help="`train --decoder diffusion` (default preset demo)",
+        description="The same as `col775 slots train --decoder diffusion`, with the demo preset by default.",
+        handler=_run_train, default_preset="demo", decoder="diffusion",
+    )  # fmt: skip
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from col775.core.config import config_from_args
-    from col775.slots.config import SlotsConfig
-    from col775.slots.study import decoder_spec
+    from col775.slots.config import load_slots_config
+    from col775.slots.train import train
 
-    config = config_from_args(SlotsConfig, args, "slots")
-    metrics = decoder_spec(config.decoder).train(config, Path(args.out), args.force)
-    print(json.dumps({k: metrics[k] for k in ("ari", "fg_ari", "miou", "mse")}, indent=2))
+    config = load_slots_config(args.preset or args.default_preset, _overrides(args))
+    metrics = train(config, Path(args.out), args.force)
+    print(json.dumps({k: metrics[k] for k in ("ari", "fg_ari", "miou", "mse", "sampler")}, indent=2))
+    return 0
+
+
+def _add_train_vae(commands: argparse._SubParsersAction) -> None:
+    from col775.slots.config import DATA_FIELDS, VAE_FIELDS, SlotsConfig
+
+    kept = DATA_FIELDS + VAE_FIELDS + ("eval_batch_size",)
+    _add_command(
+        commands, "train-vae", "runs/slots-vae", tuple(f.name for f in dataclasses.fields(SlotsConfig) if f.name not in kept),
+        help="train the VQ-VAE of the diffusion decoder (writes <out>/vae.pt)",
+        description="Train the course's VQ-VAE (--vae-arch course) or a narrow one (--vae-arch small|tiny) on the "
+                    "scene images: pixel MSE + VQ loss, dead codes restarted. The best weights go to <out>/vae.pt, "
+                    "a plain state_dict that `train --decoder diffusion --vae` takes.",
+        handler=_run_train_vae,
+    )  # fmt: skip
+
+
+def _run_train_vae(args: argparse.Namespace) -> int:
+    from col775.slots.config import load_slots_config
+    from col775.slots.train_vae import train_vae
+
+    config = load_slots_config(args.preset or "demo", _overrides(args), "diffusion")
+    metrics = train_vae(config, args.out, force=args.force)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "data"}, indent=2))
     return 0
 
 
 def _add_study(commands: argparse._SubParsersAction) -> None:
-    from col775.core.config import add_config_args
-    from col775.slots.config import SlotsConfig
-
-    parser = commands.add_parser(
-        "study", help="train, masks, compositional generation, FID and a report",
-        description="Train (or reuse) the run of --decoder, then draw slot masks, generate scenes from a K-means "
-                    "slot library, score them with FID against the validation images, and write report.html.",
+    parser = _add_command(
+        commands, "study", "runs/slots-study", ("decoder",), help="train, masks, compositional generation, FID and a report",
+        description="Train (or reuse) the run of each --decoder (sbd, diffusion or both), then draw slot masks, "
+                    "generate scenes from a K-means slot library, score them with FID against the validation "
+                    "images, and write one report.html. Every config flag reaches every run it trains.",
+        handler=_run_study,
     )  # fmt: skip
-    parser.add_argument("--out", default="runs/slots-study", help="folder of the study's run and report")
-    parser.add_argument("--force", action="store_true", help="train and generate again")
-    add_config_args(parser, SlotsConfig)
-    parser.set_defaults(handler=_run_study)
+    parser.add_argument("--decoder", dest="decoders", choices=("sbd", "diffusion", "both"), default="sbd",
+                        help="which decoder(s) to train and report (default sbd)")  # fmt: skip
 
 
 def _run_study(args: argparse.Namespace) -> int:
-    from col775.core.config import config_from_args
-    from col775.slots.config import SlotsConfig
-    from col775.slots.diffusion_study import run_decoders
+    from col775.slots.study import run_study, study_configs
 
-    config = config_from_args(SlotsConfig, args, "slots")
-    run_decoders(config, Path(args.out), force=args.force)
+    run_study(study_configs(args.preset, _overrides(args), args.decoders), Path(args.out), force=args.force)
     summary = json.loads((Path(args.out) / "summary.json").read_text())
     print(json.dumps(summary, indent=2))
     print(f"report: {Path(args.out) / 'report.html'}")
     return 0
 
 
-_COMMANDS = (_add_make_scenes, _add_train, _add_study, add_train_vae, add_train_diffusion)
+_COMMANDS = (_add_make_scenes, _add_train, _add_study, _add_train_vae)

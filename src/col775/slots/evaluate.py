@@ -1,10 +1,8 @@
-"""Object-discovery scores over a data loader, for any slot model.
+"""Object-discovery scores over a data loader, for any slot model (the one evaluation of both decoders).
 
-A model is seen through one function, `predict(images) -> (labels, recon)`: labels [B, H, W]
-(int64) name the slot each pixel belongs to (argmax over slots of the decoder's masks, or of
-resized attention maps for a decoder without masks), and recon [B, 3, H, W] in [-1, 1] is the
-reconstruction, or None where the decoder has none cheap enough to compute. So the spatial
-broadcast decoder and the diffusion decoder are scored by the same code.
+A pixel belongs to the slot whose mask is largest there: the decoder's alpha masks for the spatial
+broadcast decoder, the resized attention maps for the diffusion decoder (`SlotModel.masks`). The
+reconstruction is `SlotModel.explain`'s (sampled, for the diffusion decoder, from `generator`'s noise).
 
 Scores (over images that have them): ARI with the background as one more segment, FG-ARI
 over object pixels only, Hungarian-matched mean IoU of the objects, and the reconstruction
@@ -13,34 +11,47 @@ MSE (mean over pixels and channels, images in [-1, 1]).
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from col775.core.training import progress
 from col775.slots.metrics import ari, fg_ari, mean_valid, miou_hungarian
-
-Predict = Callable[[Tensor], tuple[Tensor, Tensor | None]]
+from col775.slots.slot_model import SlotModel
 
 
 @torch.no_grad()
-def evaluate_segmentation(
-    predict: Predict, loader: DataLoader, device: torch.device, desc: str = "evaluate", miou: bool = True
+def evaluate(
+    model: SlotModel,
+    loader: DataLoader,
+    device: torch.device,
+    desc: str = "evaluate",
+    miou: bool = True,
+    max_recon_images: int | None = 0,
+    generator: torch.Generator | None = None,
 ) -> dict[str, float | int | None]:
-    """Mean ARI, FG-ARI, mIoU and MSE over `loader` ({"image", "mask"?} batches); None where unavailable."""
+    """Mean ARI, FG-ARI, mIoU and MSE over `loader` ({"image", "mask"?} batches); None where unavailable.
+
+    The MSE is over the first `max_recon_images` images (0 = all, None = none: no reconstruction)."""
     squared_error, pixels = 0.0, 0
     scores: dict[str, list[Tensor]] = {"ari": [], "fg_ari": [], "miou": []}
     images_seen = 0
     for batch in progress(loader, desc):
         images = batch["image"].to(device)
-        labels, recon = predict(images)
+        recon_count = 0 if max_recon_images is None else len(images)
+        if max_recon_images:
+            recon_count = max(0, min(len(images), max_recon_images - images_seen))
+        if recon_count:
+            out = model.explain(images[:recon_count], generator)
+            squared_error += float(((out["recon"].float() - images[:recon_count]) ** 2).sum())
+            pixels += images[:recon_count].numel()
+            rest = images[recon_count:]
+            masks = torch.cat([out["masks"], model.masks(rest)]) if len(rest) else out["masks"]
+        else:
+            masks = model.masks(images)
         images_seen += len(images)
-        if recon is not None:
-            squared_error += float(((recon.float() - images) ** 2).sum())
-            pixels += images.numel()
         if "mask" in batch:
+            labels = masks.argmax(dim=1)
             true = batch["mask"].to(labels.device)
             if labels.shape != true.shape:
                 raise ValueError(f"predicted labels {tuple(labels.shape)} do not match masks {tuple(true.shape)}")

@@ -1,187 +1,55 @@
-"""Train and evaluate one Slot Attention autoencoder with the spatial broadcast decoder.
+"""Train and evaluate one Slot Attention run, with either decoder (`col775 slots train`).
 
-`col775 slots train --decoder sbd` runs `train_sbd`. An "epoch" is `steps_per_epoch` optimiser
-steps (or one pass over the training set); after each one the mean training loss goes to
-metrics.jsonl and a checkpoint is written, and every `val_every` epochs (and after the last)
-the validation set is scored: reconstruction MSE (the val loss), ARI and FG-ARI. The batches
-of an epoch depend only on (seed, epoch), and the checkpoint holds every random state, so a
-run killed and started again continues as if it had never stopped. At the end the checkpoint
-with the lowest validation loss is scored once more, with mIoU, into metrics.json.
+`train(config, out)` is the one training loop of both decoders. An "epoch" is `steps_per_epoch`
+optimiser steps of `model.loss` (or one pass over the training set); after each one the mean
+training loss goes to metrics.jsonl and a checkpoint is written, and every `val_every` epochs (and
+after the last) the validation set is scored: the loss (its randomness drawn from a generator
+seeded by the config, so epochs compare), ARI and FG-ARI. The batches of an epoch depend only on
+(seed, epoch), and the checkpoint holds every random state, so a run killed and started again
+continues as if it had never stopped. The diffusion decoder first gets its frozen VAE (`--vae`,
+or one trained into `<out>/vae`) and fixes its latent scale from the first training batch.
 
-The data helpers here (`scene_root`, `make_loaders`) are shared with the other decoders.
+At the end the checkpoint with the lowest validation loss is scored by `evaluate_run`: ARI,
+FG-ARI, mIoU and reconstruction MSE, cached per sampler in `<out>/evaluation/` and tied to the
+checkpoint they came from, so asking for another sampler evaluates again without training, and a
+retrained run is never scored with its predecessor's numbers.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
+import json
 import logging
-import os
-import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import torch
-from torch import Tensor
 from torch.utils.data import DataLoader
 
-from col775.core.runs import RunDir
+from col775.core.runs import RunDir, atomic_write_json
 from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything, single_process
-from col775.slots.autoencoder import SlotAutoencoder, TrainRecipe, reconstruction_loss
+from col775.slots.build import build_model, build_vae, load_vae
 from col775.slots.config import SlotsConfig, run_fields
-from col775.slots.data import LoaderInfo, SceneDataset, load_dataset
-from col775.slots.evaluate import evaluate_segmentation
-from col775.slots.scenes import write_scene_folder
+from col775.slots.evaluate import evaluate
+from col775.slots.loaders import Loaders, epoch_batches, make_loaders
+from col775.slots.slot_model import SlotModel
+from col775.slots.train_vae import vae_for_run
 
 log = logging.getLogger(__name__)
 
-# ----------------------------------------------------------------------------------------- data
 
-
-def cache_root(config: SlotsConfig) -> Path:
-    return Path(config.cache_dir or "~/.cache/col775").expanduser()
-
-
-def scene_root(config: SlotsConfig) -> Path:
-    """The user's data folder, or generated scenes (written once into the cache, then reused)."""
-    if config.data:
-        root = Path(config.data).expanduser()
-        if not root.is_dir():
-            raise FileNotFoundError(f"data folder {root} does not exist; pass --data DIR, or leave it out to generate scenes")
-        return root
-    name = (
-        f"scenes-s{config.image_size}-n{config.n_train}-{config.n_val}-"
-        f"obj{config.min_objects}-{config.max_objects}-seed{config.seed}"
-    )
-    root = cache_root(config) / "scenes" / name
-    if (root / "scenes.json").is_file():  # written last, so its presence means the folder is complete
-        return root
-    log.info("generating %d + %d scenes into %s", config.n_train, config.n_val, root)
-    tmp = root.with_name(f".{name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_scene_folder(
-        tmp, config.n_train, config.n_val, size=config.image_size, seed=config.seed,
-        min_objects=config.min_objects, max_objects=config.max_objects, workers=min(os.cpu_count() or 1, 8),
-    )  # fmt: skip
-    if (root / "scenes.json").is_file():  # another process finished the same scenes first
-        shutil.rmtree(tmp)
-    else:
-        shutil.rmtree(root, ignore_errors=True)  # a partial folder left by a killed run
-        os.replace(tmp, root)
-    return root
-
-
-@dataclass
-class Loaders:
-    train: DataLoader  # shuffled, for training
-    val: DataLoader  # in order
-    library: DataLoader  # the training set in order, for slot libraries
-    info: LoaderInfo
-
-    def info_dict(self) -> dict:
-        info = dataclasses.asdict(self.info)
-        return info | {"root": str(self.info.root), "n_skipped": self.info.n_skipped}
-
-
-def load_data(config: SlotsConfig) -> tuple[SceneDataset, SceneDataset, LoaderInfo]:
-    root = scene_root(config)
-    return load_dataset(
-        root, image_size=config.image_size, background=(0, 0, 0) if not config.data else config.background(),
-        require_masks=config.masks, seed=config.seed, max_train=config.max_train or None, max_val=config.max_val or None,
-        crop=config.crop, cache_dir=cache_root(config) / "scene-arrays",
-    )  # fmt: skip
-
-
-def make_loaders(config: SlotsConfig) -> Loaders:
-    train, val, info = load_data(config)
-    if len(val) < 2:
-        raise ValueError(f"{info.root}: the validation split has {len(val)} images; it needs at least 2")
-    common = dict(num_workers=config.num_workers, persistent_workers=config.num_workers > 0)
-    return Loaders(
-        train=DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=torch.Generator(),
-                         drop_last=len(train) > config.batch_size, **common),
-        val=DataLoader(val, batch_size=config.eval_batch_size, shuffle=False, **common),
-        library=DataLoader(train, batch_size=config.eval_batch_size, shuffle=False, **common),
-        info=info,
-    )  # fmt: skip
-
-
-def epoch_batches(loader: DataLoader, seed: int, epoch: int, steps: int) -> Iterator[dict]:
-    """The batches of one epoch: `steps` of them (cycling over the data), or one pass when steps is 0.
-
-    The shuffle is seeded by (seed, epoch, pass), so a resumed run sees the batches it would have seen.
-    """
-    taken, data_pass = 0, 0
-    while True:
-        loader.generator.manual_seed(seed * 1_000_003 + epoch * 1_009 + data_pass)
-        for batch in loader:
-            yield batch
-            taken += 1
-            if steps and taken >= steps:
-                return
-        if not steps or taken == 0:
-            return
-        data_pass += 1
-
-
-# ---------------------------------------------------------------------------------------- model
-
-
-class SbdSlotModel:
-    """A trained autoencoder as the study sees any slot model: encode, decode, explain, predict."""
-
-    label = "spatial broadcast decoder"
-
-    def __init__(self, model: SlotAutoencoder):
-        self.model = model
-
-    @torch.no_grad()
-    def encode(self, images: Tensor) -> Tensor:
-        """images [B, 3, H, W] in [-1, 1] -> slots [B, K, D]."""
-        return self.model.encode(images)[0]
-
-    @torch.no_grad()
-    def decode(self, slots: Tensor) -> Tensor:
-        """slots [B, K', D] -> images [B, 3, H, W] in [-1, 1] (any number of slots)."""
-        return self.model.decode(slots)["recon"]
-
-    @torch.no_grad()
-    def explain(self, images: Tensor) -> dict[str, Tensor]:
-        """recon [B, 3, H, W], masks [B, K, H, W] (sum to 1 over K), slot_images [B, K, 3, H, W]."""
-        out = self.model(images)
-        return {"recon": out["recon"], "masks": out["masks"][:, :, 0], "slot_images": out["slot_recons"]}
-
-    @torch.no_grad()
-    def predict(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """(labels [B, H, W]: argmax over slots of the masks, recon [B, 3, H, W])."""
-        out = self.model(images)
-        return out["masks"][:, :, 0].argmax(dim=1), out["recon"]
-
-
-def build_model(config: SlotsConfig) -> SlotAutoencoder:
-    return SlotAutoencoder(config.model_config())
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, recipe: TrainRecipe) -> torch.optim.lr_scheduler.LambdaLR:
-    """The paper's schedule per step; step s trains at lr_at(s + 1) so the first step is not at lr 0."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: recipe.lr_at(step + 1) / recipe.lr)
-
-
-def load_sbd(config: SlotsConfig, run_dir: str | Path, device: torch.device | None = None) -> SbdSlotModel:
-    """The best checkpoint of a finished (or partial) run in `run_dir`."""
-    model = build_model(config)
-    RunDir(run_dir, run_fields(config)).load_best({"model": model})
-    return SbdSlotModel(model.to(device or pick_device(config.device)).eval())
-
-
-# ------------------------------------------------------------------------------------- training
+def learning_rate(config: SlotsConfig, step: int) -> float:
+    """Learning rate for optimiser step `step` (0-based), as the paper's training script:
+    lr * min(1, step / warmup_steps) * decay_rate ** (step / decay_steps)."""
+    warmup = min(1.0, step / config.warmup_steps) if config.warmup_steps > 0 else 1.0
+    return config.lr * warmup * config.decay_rate ** (step / config.decay_steps)
 
 
 def train_epoch(
-    model: SlotAutoencoder,
-    batches: Iterator[dict],
+    model: SlotModel,
+    batches: Iterable[dict],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     config: SlotsConfig,
@@ -189,100 +57,151 @@ def train_epoch(
     epoch: int,
     total: int,
 ) -> float:
-    """Optimise on `batches`; returns the mean reconstruction loss."""
+    """Optimise `model.loss` on `batches`; returns the mean loss."""
     model.train()
     losses = []
+    params = model.trainable_parameters()
     for step, batch in enumerate(progress(batches, f"epoch {epoch + 1}/{config.epochs} train", total=total, epoch=epoch)):
-        images = batch["image"].to(device)
-        loss = reconstruction_loss(model(images)["recon"], images)
-        optimise(loss, optimizer, f"epoch {epoch + 1}, step {step + 1}", config.grad_clip, model.parameters())
+        loss = model.loss(batch["image"].to(device))
+        optimise(loss, optimizer, f"epoch {epoch + 1}, step {step + 1}", config.grad_clip, params)
         scheduler.step()
         losses.append(loss.item())
     return float(np.mean(losses))
 
 
-def start_training(run: RunDir, config: SlotsConfig, model: torch.nn.Module, parameters: Iterable) -> tuple[dict, int, float]:
-    """Adam over `parameters`, the paper's schedule and a best-val-loss tracker, restored from the
-    run's last checkpoint if it has one. Returns (what to checkpoint, first epoch, training seconds)."""
-    optimizer = torch.optim.Adam(parameters, lr=config.lr)
-    scheduler = build_scheduler(optimizer, config.recipe())
+@torch.no_grad()
+def validate(model: SlotModel, loader: DataLoader, device: torch.device, seed: int, desc: str) -> dict[str, float]:
+    """val/loss (its randomness from `seed`, the same every call), val/ari and val/fg_ari."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for batch in progress(loader, f"{desc} loss"):
+        images = batch["image"].to(device)
+        total += float(model.loss(images, generator)) * len(images)
+        count += len(images)
+    scores = evaluate(model, loader, device, desc, miou=False, max_recon_images=None)
+    return {"val/loss": total / count, "val/ari": scores["ari"], "val/fg_ari": scores["fg_ari"]}
+
+
+def train(config: SlotsConfig, out: str | Path, force: bool = False) -> dict:
+    """Train (or resume, or skip when finished) one run in `out`, then score its best checkpoint with
+    `config`'s sampler; returns the training numbers and those scores."""
+    single_process("col775 slots train")
+    out = Path(out)
+    run = RunDir(out, run_fields(config), force=force)
+    if not run.finished:
+        _train(run, config, out, force)
+    return run.final_metrics() | evaluate_run(config, out)
+
+
+def _train(run: RunDir, config: SlotsConfig, out: Path, force: bool) -> None:
+    vae, vae_path = vae_for_run(config, out, force) if config.decoder == "diffusion" else (None, None)
+    seed_everything(config.seed)  # the same stream whether or not a VAE was trained first
+    device = pick_device(config.device)
+    loaders = make_loaders(config)
+    model = build_model(config, vae).to(device)
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config.lr)
+    # step s trains at learning_rate(s + 1), so the first step is not at lr 0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate(config, s + 1) / config.lr)
     best = EarlyStopping(patience=0, mode="min")  # only tracks the best val loss
     objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "best": best}
     start, extra = run.resume(objects)
     if start:
         log.info("resuming %s at epoch %d", run.path, start + 1)
-    return objects, start, float(extra.get("train_seconds", 0.0))
+    else:  # a resumed model brings what it prepared in its state
+        first = next(iter(epoch_batches(loaders.train, config.seed, 0, 1)))["image"].to(device)
+        extra = {"prepared": model.prepare(first)}
+        log.info("prepared from the first batch: %s", extra["prepared"])
+    seconds = float(extra.get("train_seconds", 0.0))
+    steps = config.steps_per_epoch or len(loaders.train)
 
-
-def run_epochs(
-    run: RunDir,
-    config: SlotsConfig,
-    objects: dict,
-    train_loader: DataLoader,
-    start: int,
-    seconds: float,
-    steps: int,
-    one_epoch: Callable[[Iterable[dict], int], float],
-    validate: Callable[[int], dict[str, float]],
-) -> float:
-    """The epoch loop both decoders share: train `steps` batches, validate every `val_every` epochs
-    (and at the last; `validate` returns "val/loss" and friends), log, checkpoint (best = lowest val
-    loss, tracked by `objects["best"]`). Returns the training seconds so far, resumed ones included."""
-    optimizer, best = objects["optimizer"], objects["best"]
     for epoch in range(start, config.epochs):
         began = time.perf_counter()
-        loss = one_epoch(epoch_batches(train_loader, config.seed, epoch, config.steps_per_epoch), epoch)
+        batches = epoch_batches(loaders.train, config.seed, epoch, config.steps_per_epoch)
+        loss = train_epoch(model, batches, optimizer, scheduler, config, device, epoch, steps)
         seconds += time.perf_counter() - began
         record = {"epoch": epoch, "step": (epoch + 1) * steps, "lr": optimizer.param_groups[0]["lr"], "train/loss": loss}
         improved = False
         if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
-            record |= validate(epoch)
+            record |= validate(model, loaders.val, device, config.seed, f"epoch {epoch + 1} val")
             improved = best.step(record["val/loss"])
         run.log_epoch(record)
-        run.save_checkpoint(epoch, objects, best=improved, extra={"train_seconds": seconds})
+        run.save_checkpoint(epoch, objects, best=improved, extra=extra | {"train_seconds": seconds})
         log.info("epoch %d: train loss %.5f%s", epoch + 1, loss,
                  f", val loss {record['val/loss']:.5f}" if "val/loss" in record else "")  # fmt: skip
-    return seconds
-
-
-def train_sbd(config: SlotsConfig, out: str | Path, force: bool = False) -> dict:
-    """Train (or resume, or skip when finished) one SBD run in `out`; returns its metrics.json content."""
-    if config.decoder != "sbd":
-        raise ValueError(f"train_sbd trains the spatial broadcast decoder, but decoder is {config.decoder!r}")
-    single_process("col775 slots train")
-    seed_everything(config.seed)
-    device = pick_device(config.device)
-    run = RunDir(out, run_fields(config), force=force)
-    if run.finished:
-        log.info("%s already finished; pass --force to train it again", out)
-        return run.final_metrics()
-
-    loaders = make_loaders(config)
-    model = build_model(config).to(device)
-    objects, start, seconds = start_training(run, config, model, model.parameters())
-    optimizer, scheduler = objects["optimizer"], objects["scheduler"]
-    steps = config.steps_per_epoch or len(loaders.train)
-    predictor = SbdSlotModel(model)
-
-    def validate(epoch: int) -> dict[str, float]:
-        model.eval()
-        val = evaluate_segmentation(predictor.predict, loaders.val, device, f"epoch {epoch + 1} val", miou=False)
-        return {"val/loss": val["mse"], "val/ari": val["ari"], "val/fg_ari": val["fg_ari"]}
-
-    def one_epoch(batches: Iterable[dict], epoch: int) -> float:
-        return train_epoch(model, batches, optimizer, scheduler, config, device, epoch, steps)
-
-    seconds = run_epochs(run, config, objects, loaders.train, start, seconds, steps, one_epoch, validate)
 
     chosen = run.load_best({"model": model})
-    model.eval()
-    final = evaluate_segmentation(predictor.predict, loaders.val, device, "final val")
     history = run.history()
     metrics = {
-        "ari": final["ari"], "fg_ari": final["fg_ari"], "miou": final["miou"], "mse": final["mse"],
-        "val_images": final["images"], "best_epoch": chosen["epoch"], "epochs_run": len(history),
+        "decoder": config.decoder, "best_epoch": chosen["epoch"], "epochs_run": len(history),
         "steps": len(history) * steps, "train_seconds": seconds,
-        "parameters": sum(p.numel() for p in model.parameters()), "data": loaders.info_dict(),
+        "val_loss": min((r["val/loss"] for r in history if "val/loss" in r), default=None),
+        "parameters": sum(p.numel() for p in model.trainable_parameters()), "data": loaders.info_dict(),
+        **extra.get("prepared", {}),
     }  # fmt: skip
-    run.finish(metrics)
-    return metrics
+    if vae is not None:
+        metrics |= {"vae_file": str(vae_path), "vae_parameters": sum(p.numel() for p in vae.parameters())}
+    run.finish(metrics | evaluate_run(config, out, model, loaders))
+
+
+def checkpoint_fingerprint(run_dir: str | Path) -> str:
+    """SHA-256 of the run's best checkpoint file (its last where none was marked best)."""
+    folder = Path(run_dir) / "checkpoints"
+    path = folder / "best.pt" if (folder / "best.pt").is_file() else folder / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} holds no checkpoint; train the run first")
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_trained(config: SlotsConfig, run_dir: str | Path, device: torch.device | None = None) -> SlotModel:
+    """The best checkpoint of a run in `run_dir`, in eval mode (a diffusion run's VAE weights come with it)."""
+    vae = None
+    if config.decoder == "diffusion":
+        vae = load_vae(config.vae) if config.vae else build_vae(config.vae_arch, config.vae_num_codes)
+    model = build_model(config, vae)
+    RunDir(run_dir, run_fields(config)).load_best({"model": model})
+    return model.to(device or pick_device(config.device)).eval()
+
+
+def sampler_key(config: SlotsConfig) -> str:
+    """The name of the evaluation a config asks for: one for the deterministic SBD, one per sampler."""
+    if config.decoder == "sbd":
+        return "sbd"
+    return f"ddim-{config.sampler_steps}" if config.sampler == "ddim" else f"ancestral-{config.num_timesteps}"
+
+
+def evaluate_run(
+    config: SlotsConfig, run_dir: str | Path, model: SlotModel | None = None, loaders: Loaders | None = None
+) -> dict:
+    """ARI, FG-ARI, mIoU and MSE of the run's best checkpoint with `config`'s sampler, cached in
+    `<run_dir>/evaluation/<sampler>.json` for that checkpoint (a retrained run is evaluated again)."""
+    path = Path(run_dir) / "evaluation" / f"{sampler_key(config)}.json"
+    fingerprint = checkpoint_fingerprint(run_dir)
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("checkpoint") == fingerprint and cached.get("recon_max_images") == config.recon_max_images:
+            return cached
+    device = pick_device(config.device)
+    model = model or load_trained(config, run_dir, device)
+    loaders = loaders or make_loaders(config)
+    if config.decoder == "diffusion":
+        model.use_sampler(config.sampler, config.sampler_steps)
+    model.eval()
+    seed_everything(config.seed)
+    began = time.perf_counter()
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    scores = evaluate(model, loaders.val, device, "final val", max_recon_images=config.recon_max_images,
+                      generator=generator)  # fmt: skip
+    result = {
+        "ari": scores["ari"], "fg_ari": scores["fg_ari"], "miou": scores["miou"], "mse": scores["mse"],
+        "val_images": scores["images"], "recon_max_images": config.recon_max_images,
+        "sampler": config.sampler_label() if config.decoder == "diffusion" else None,
+        "eval_seconds": time.perf_counter() - began, "checkpoint": fingerprint,
+    }  # fmt: skip
+    path.parent.mkdir(exist_ok=True)
+    atomic_write_json(path, result)
+    return result

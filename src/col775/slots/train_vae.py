@@ -10,7 +10,8 @@ fraction and the restart count go to metrics.jsonl.
 
 The run folder resumes like any other; when it finishes, the weights with the lowest val MSE
 are written as a plain state_dict, `<out>/vae.pt`, which `VQVAE` of the same settings loads
-with strict=True and `--vae PATH` of `train-diffusion` accepts (as it does the course file).
+with strict=True and `--vae PATH` accepts (as it does the course file). `vae_for_run` gives a
+diffusion run its frozen VAE: the `--vae` file, or this training run in `<out>/vae` first.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from col775.core.config import to_dict
 from col775.core.runs import RunDir, atomic_write_bytes
 from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything, single_process
-from col775.slots.slot_diffusion import DATA_FIELDS, VAE_FIELDS, SlotDiffusionConfig, build_vae
-from col775.slots.train import epoch_batches, make_loaders
-from col775.slots.vae import VQVAE, codebook_usage, restart_dead_codes
+from col775.slots.build import build_vae, load_vae
+from col775.slots.config import SlotsConfig, vae_run_fields
+from col775.slots.diffusion.vae import VQVAE, codebook_usage, restart_dead_codes
+from col775.slots.loaders import epoch_batches, make_loaders
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,6 @@ VAE_FILE = "vae.pt"
 # Adam's betas of taming-transformers' VQGAN autoencoder: on the demo's scenes they reach about half
 # the val MSE of the default (0.9, 0.999) in 600 steps.
 ADAM_BETAS = (0.5, 0.9)
-
-
-def vae_run_fields(config: SlotDiffusionConfig) -> dict:
-    """The settings a VAE run depends on: the data and the vae_* fields (not the slots or the UNet)."""
-    return {k: v for k, v in to_dict(config).items() if k in DATA_FIELDS + VAE_FIELDS}
 
 
 def vae_file(out: str | Path) -> Path:
@@ -87,7 +83,7 @@ def train_vae_epoch(
     batches: Iterator[dict],
     optimizer: torch.optim.Optimizer,
     counter: CodeCounter,
-    config: SlotDiffusionConfig,
+    config: SlotsConfig,
     device: torch.device,
     epoch: int,
     total: int,
@@ -152,7 +148,7 @@ def save_state_dict(module: nn.Module, path: Path) -> Path:
     return path
 
 
-def train_vae(config: SlotDiffusionConfig, out: str | Path, force: bool = False) -> dict:
+def train_vae(config: SlotsConfig, out: str | Path, force: bool = False) -> dict:
     """Train (or resume, or skip when finished) a VQ-VAE in `out`; returns its metrics.json content."""
     single_process("col775 slots train-vae")
     seed_everything(config.seed)
@@ -197,3 +193,14 @@ def train_vae(config: SlotDiffusionConfig, out: str | Path, force: bool = False)
     }  # fmt: skip
     run.finish(metrics)
     return metrics
+
+
+def vae_for_run(config: SlotsConfig, out: str | Path, force: bool = False) -> tuple[VQVAE, Path]:
+    """The frozen VAE of a diffusion run in `out`: `config.vae` when given (no VAE is trained), else
+    one trained into `<out>/vae` first (resumed, or reused when finished)."""
+    if config.vae:
+        return load_vae(config.vae), Path(config.vae)
+    vae_out = Path(out) / "vae"
+    log.info("no --vae given: training a '%s' VQ-VAE into %s first", config.vae_arch, vae_out)
+    train_vae(config, vae_out, force=force)
+    return load_vae(vae_file(vae_out)), vae_file(vae_out)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from col775.slots.unet import (MultiHeadAttention, ResBlock, SlotTransformer, UNet, UNetConfig,
+from col775.slots.diffusion.unet import (MultiHeadAttention, ResBlock, SlotTransformer, UNet, UNetConfig,
                                course_unet_config, demo_unet_config, timestep_embedding)
 
 

@@ -4,11 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from col775.slots.autoencoder import SlotAutoencoderConfig
-from col775.slots.diffusion import GaussianDiffusion
-from col775.slots.slot_diffusion import SlotDiffusion, SlotDiffusionConfig, build_model, load_vae
-from col775.slots.unet import UNetConfig
-from col775.slots.vae import VQVAE
+from col775.slots.diffusion.ddpm import GaussianDiffusion
+from col775.slots.build import build_model
+from col775.slots.config import SlotsConfig
+from col775.slots.diffusion.model import SlotDiffusion
+from col775.slots.diffusion.unet import UNetConfig
+from col775.slots.diffusion.vae import VQVAE
+from col775.slots.encoder import SlotEncoderConfig
 
 IMAGE = 16
 
@@ -23,10 +25,9 @@ def tiny_vae() -> VQVAE:
 
 def tiny_model(slot_init: str = "learned", stride: int = 2, num_steps: int = 20) -> SlotDiffusion:
     torch.manual_seed(0)
-    encoder = SlotAutoencoderConfig(
+    encoder = SlotEncoderConfig(
         image_size=IMAGE, num_slots=3, slot_dim=16, slot_hidden_dim=16, slot_init=slot_init,
         encoder_channels=(8, 8), encoder_strides=(stride, 1), encoder_kernel=3,
-        decoder_broadcast=IMAGE, decoder_channels=(1,), decoder_strides=(1,),
     )  # fmt: skip
     unet = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
                       head_channels=8, slot_dim=16, norm_groups=4)
@@ -46,14 +47,14 @@ def test_loss_is_finite_and_falls_with_training_on_a_fixed_batch():
     noise = torch.randn(4, *model.latent_shape, generator=torch.Generator().manual_seed(3))
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=3e-3)
     with torch.no_grad():
-        before = float(model.loss(x, t, noise))
+        before = float(model.loss(x, t=t, noise=noise))
     assert torch.isfinite(torch.tensor(before))
     for _ in range(25):
         optimizer.zero_grad()
-        model.loss(x, t, noise).backward()
+        model.loss(x, t=t, noise=noise).backward()
         optimizer.step()
     with torch.no_grad():
-        after = float(model.loss(x, t, noise))
+        after = float(model.loss(x, t=t, noise=noise))
     assert after < 0.7 * before
 
 
@@ -75,7 +76,7 @@ def test_vae_gets_no_gradient_stays_in_eval_mode_and_unchanged():
         optimizer.step()
     assert all(p.grad is None for p in model.vae.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.slot_attention.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.slot_attention.parameters())
     for key, value in model.vae.state_dict().items():
         assert torch.equal(value, vae_before[key]), key
 
@@ -83,13 +84,13 @@ def test_vae_gets_no_gradient_stays_in_eval_mode_and_unchanged():
 def test_attention_masks_are_the_resized_attention_and_sum_to_one_over_slots():
     model = tiny_model(stride=2).eval()
     x = images(2)
-    masks = model.attention_masks(x)
+    masks = model.masks(x)
     assert masks.shape == (2, 3, IMAGE, IMAGE)
     assert masks.min() >= 0
     assert torch.allclose(masks.sum(dim=1), torch.ones(2, IMAGE, IMAGE), atol=1e-5)
     # Reference: slot attention's own [B, K, N] output, pixel n at row n // side, column n % side,
     # then torch's bilinear resize.
-    _, attn = model.slot_attention(model.encoder(x))
+    _, attn = model.encoder(x)
     side = IMAGE // 2
     grid = torch.zeros(2, 3, side, side)
     for n in range(side * side):
@@ -101,8 +102,8 @@ def test_attention_masks_are_the_resized_attention_and_sum_to_one_over_slots():
 def test_attention_masks_at_full_resolution_are_the_attention_itself():
     model = tiny_model(stride=1).eval()
     x = images(1)
-    _, attn = model.slot_attention(model.encoder(x))
-    assert torch.equal(model.attention_masks(x), attn.view(1, 3, IMAGE, IMAGE))
+    _, attn = model.encoder(x)
+    assert torch.equal(model.masks(x), attn.view(1, 3, IMAGE, IMAGE))
 
 
 @pytest.mark.parametrize("sampler,steps,expected_calls", [("ddim", 5, 5), ("ancestral", 5, 20)])
@@ -112,7 +113,8 @@ def test_reconstruct_shape_range_and_number_of_denoising_calls(sampler, steps, e
     model.set_latent_scale(x)
     calls = []
     model.unet.register_forward_hook(lambda module, args, output: calls.append(args[1]))
-    recon = model.reconstruct(x, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(0))
+    model.use_sampler(sampler, steps)
+    recon = model.reconstruct(x, generator=torch.Generator().manual_seed(0))
     assert recon.shape == x.shape
     assert recon.min() >= -1 and recon.max() <= 1
     assert len(calls) == expected_calls
@@ -123,19 +125,21 @@ def test_ddim_reconstruction_is_repeatable_with_a_seeded_generator():
     model = tiny_model().eval()
     x = images(2)
     model.set_latent_scale(x)
-    first = model.reconstruct(x, steps=4, generator=torch.Generator().manual_seed(7))
-    second = model.reconstruct(x, steps=4, generator=torch.Generator().manual_seed(7))
+    model.use_sampler("ddim", 4)
+    first = model.reconstruct(x, generator=torch.Generator().manual_seed(7))
+    second = model.reconstruct(x, generator=torch.Generator().manual_seed(7))
     assert torch.equal(first, second)
 
 
-def test_generate_takes_any_number_of_slots_and_rejects_a_wrong_slot_size():
+def test_decode_takes_any_number_of_slots_and_rejects_a_wrong_slot_size():
     model = tiny_model().eval()
     model.set_latent_scale(images(2))
-    assert model.generate(torch.randn(2, 5, 16), steps=2).shape == (2, 3, IMAGE, IMAGE)
+    model.use_sampler("ddim", 2)
+    assert model.decode(torch.randn(2, 5, 16)).shape == (2, 3, IMAGE, IMAGE)
     with pytest.raises(ValueError, match="slots"):
-        model.generate(torch.randn(2, 5, 7), steps=2)
+        model.decode(torch.randn(2, 5, 7))
     with pytest.raises(ValueError, match="sampler"):
-        model.generate(torch.randn(2, 5, 16), sampler="euler")
+        model.use_sampler("euler", 2)
 
 
 def test_latent_scale_gives_unit_std_is_set_once_and_is_required():
@@ -152,8 +156,7 @@ def test_latent_scale_gives_unit_std_is_set_once_and_is_required():
 
 
 def test_mismatched_parts_and_images_raise_clear_errors():
-    encoder = SlotAutoencoderConfig(image_size=IMAGE, slot_dim=16, encoder_channels=(8,), encoder_strides=(1,),
-                                    decoder_broadcast=IMAGE, decoder_channels=(1,), decoder_strides=(1,))
+    encoder = SlotEncoderConfig(image_size=IMAGE, slot_dim=16, encoder_channels=(8,), encoder_strides=(1,))
     unet = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
                       head_channels=8, slot_dim=32, norm_groups=4)
     with pytest.raises(ValueError, match="slot_dim"):
@@ -167,8 +170,8 @@ def test_mismatched_parts_and_images_raise_clear_errors():
 
 
 def test_config_builds_the_model_and_rejects_bad_values():
-    config = SlotDiffusionConfig(
-        image_size=32, num_slots=4, slot_dim=16, slot_hidden_dim=16, encoder_channels=[8, 8],
+    config = SlotsConfig(
+        decoder="diffusion", image_size=32, num_slots=4, slot_dim=16, slot_hidden_dim=16, encoder_channels=[8, 8],
         encoder_strides=[2, 1], vae_arch="small", vae_num_codes=32, unet_base_channels=16,
         unet_channel_mults=[1, 2], unet_num_res_blocks=1, unet_attention_resolutions=[2], unet_head_channels=8,
         unet_norm_groups=8, num_timesteps=50, sampler_steps=10, latent_scale=0.5,
@@ -177,20 +180,7 @@ def test_config_builds_the_model_and_rejects_bad_values():
     assert model.latent_shape == (3, 8, 8)
     assert float(model.latent_scale) == 0.5
     assert model.diffusion.num_steps == 50
-    for bad in ({"sampler": "euler"}, {"vae_arch": "huge"}, {"sampler_steps": 51}, {"beta_schedule": "cosine"},
-                {"decoder": "sbd"}):
+    for bad in ({"sampler": "euler"}, {"vae_arch": "huge"}, {"sampler": "ddim", "sampler_steps": 51},
+                {"beta_schedule": "cosine"}, {"decoder": "transformer"}):
         with pytest.raises(ValueError):
-            SlotDiffusionConfig(**{**config.__dict__, **bad})
-
-
-def test_load_vae_is_strict_and_names_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
-        load_vae(tmp_path / "missing.pt", "small", 32)
-    path = tmp_path / "vae.pt"
-    torch.save(VQVAE.small(num_codes=32).state_dict(), path)
-    assert isinstance(load_vae(path, "small", 32), VQVAE)
-    with pytest.raises(ValueError, match="vae.pt.*--vae-arch"):
-        load_vae(path, "small", 64)
-    torch.save({"model": {"weights": torch.zeros(1)}}, tmp_path / "wrapped.pt")
-    with pytest.raises(ValueError, match="wrapped.pt"):
-        load_vae(tmp_path / "wrapped.pt", "small", 32)
+            SlotsConfig(**{**config.__dict__, **bad})

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from col775.slots.diffusion import GaussianDiffusion
-from col775.slots.unet import UNet, demo_unet_config
+from col775.slots.diffusion.ddpm import GaussianDiffusion
+from col775.slots.diffusion.unet import UNet, demo_unet_config
 
 T = 1000
 

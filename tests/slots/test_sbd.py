@@ -1,4 +1,4 @@
-"""Slot autoencoder: shapes, mask algebra, decode/forward agreement, overfitting, configs."""
+"""Slot autoencoder: shapes, mask algebra, decode/forward agreement, overfitting, configs, its SlotModel methods."""
 
 import dataclasses
 import json
@@ -6,16 +6,10 @@ import json
 import pytest
 import torch
 
-from col775.slots.autoencoder import (
-    SlotAutoencoder,
-    SlotAutoencoderConfig,
-    TrainRecipe,
-    course_config,
-    course_recipe,
-    demo_config,
-    position_grid,
-    reconstruction_loss,
-)
+import torch.nn.functional as F
+
+from col775.slots.encoder import position_grid
+from col775.slots.sbd import SlotAutoencoder, SlotAutoencoderConfig, course_config, demo_config
 
 TINY = SlotAutoencoderConfig(
     image_size=16,
@@ -55,10 +49,23 @@ def test_decode_reproduces_forward_and_accepts_any_slot_count():
     model = tiny_model().eval()
     with torch.no_grad():
         out = model(torch.rand(2, 3, 16, 16) * 2 - 1)
-        torch.testing.assert_close(model.decode(out["slots"])["recon"], out["recon"])
-        composed = model.decode(torch.randn(5, 7, 8))
+        torch.testing.assert_close(model.decode_parts(out["slots"])["recon"], out["recon"])
+        torch.testing.assert_close(model.decode(out["slots"]), out["recon"])
+        composed = model.decode_parts(torch.randn(5, 7, 8))
     assert composed["recon"].shape == (5, 3, 16, 16)
     assert composed["masks"].shape == (5, 7, 1, 16, 16)
+
+
+def test_slot_model_methods_are_the_forward_pass_seen_through_the_interface():
+    model = SlotAutoencoder(dataclasses.replace(TINY, slot_init="learned")).eval()  # deterministic slots
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        out = model(images)
+        torch.testing.assert_close(model.loss(images), F.mse_loss(out["recon"], images))
+        torch.testing.assert_close(model.masks(images), out["masks"][:, :, 0])
+        explained = model.explain(images)
+    torch.testing.assert_close(explained["slot_images"], out["slot_recons"])
+    assert model.prepare(images) == {} and len(model.trainable_parameters()) == len(list(model.parameters()))
 
 
 def square_scenes(n: int) -> torch.Tensor:
@@ -78,7 +85,7 @@ def test_a_few_steps_overfit_one_batch():
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(25):
-        loss = reconstruction_loss(model(images)["recon"], images)
+        loss = model.loss(images)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -121,14 +128,6 @@ def test_bad_configs_and_inputs_raise():
         SlotAutoencoderConfig.from_dict({"slots": 3})
     with pytest.raises(ValueError, match="image_size"):
         tiny_model()(torch.zeros(1, 3, 32, 32))
-
-
-def test_lr_schedule_warms_up_then_halves():
-    recipe = course_recipe()
-    assert recipe.lr_at(0) == 0.0
-    assert recipe.lr_at(5_000) == pytest.approx(4e-4 * 0.5 * 0.5**0.05)
-    assert recipe.lr_at(110_000) == pytest.approx(4e-4 * 0.5**1.1)
-    assert TrainRecipe(warmup_steps=0).lr_at(0) == 4e-4
 
 
 def test_position_grid_corners():

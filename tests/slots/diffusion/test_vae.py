@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from col775.slots.vae import VQVAE, codebook_usage, restart_dead_codes
+from col775.slots.diffusion.vae import VQVAE, codebook_usage, restart_dead_codes
 
 # The course's listing sits in shared/specs/ beside the repository (../shared/specs from its root).
-SPEC = Path(__file__).resolve().parents[2].parent / "shared" / "specs" / "course-vae-state-dict.txt"
+SPEC = Path(__file__).resolve().parents[3].parent / "shared" / "specs" / "course-vae-state-dict.txt"
 
 
 def _parse_state_dict_listing(path: Path) -> dict[str, tuple[int, ...]]:

@@ -1,0 +1,49 @@
+"""Data loaders: generated scenes cached once, a missing folder, seeded epochs, the data's image size."""
+
+import json
+
+import pytest
+from PIL import Image
+
+import col775.slots.loaders as loaders_module
+from col775.slots.loaders import data_image_size, epoch_batches, make_loaders, scene_root
+from tests.slots.tiny import tiny_config
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_generated_scenes_are_cached(cache, monkeypatch):
+    root = scene_root(tiny_config(cache))
+    assert (root / "scenes.json").is_file()
+    assert len(list((root / "images" / "train").glob("*.png"))) == 24
+    monkeypatch.setattr(loaders_module, "write_scene_folder", lambda *a, **k: pytest.fail("scenes generated twice"))
+    assert scene_root(tiny_config(cache)) == root
+
+
+def test_missing_data_folder_is_a_clear_error(cache, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        scene_root(tiny_config(cache, data=str(tmp_path / "nowhere")))
+
+
+def test_epoch_batches_are_seeded_by_epoch_and_cycle(cache):
+    loaders = make_loaders(tiny_config(cache))
+    indices = lambda epoch, steps: [b["index"].tolist() for b in epoch_batches(loaders.train, 0, epoch, steps)]  # noqa: E731
+    assert indices(1, 5) == indices(1, 5)
+    assert indices(1, 5) != indices(2, 5)
+    assert len(indices(0, 5)) == 5  # 24 images at batch 8 (drop_last) give 3 batches a pass: it cycles
+    one_pass = indices(0, 0)
+    assert sorted(i for batch in one_pass for i in batch) == list(range(24))
+
+
+def test_the_image_size_is_read_from_the_data(tmp_path):
+    (tmp_path / "scenes").mkdir()
+    (tmp_path / "scenes" / "scenes.json").write_text(json.dumps({"size": 48}))
+    assert data_image_size(tmp_path / "scenes") == 48
+    for name, size, expected in (("square", (40, 40), 40), ("frames", (320, 240), None)):
+        folder = tmp_path / name / "images" / "train"
+        folder.mkdir(parents=True)
+        Image.new("RGB", size).save(folder / "a.png")
+        assert data_image_size(tmp_path / name) == expected
