@@ -95,7 +95,6 @@ def test_one_process_may_open_its_own_folder_twice_and_keeps_it_until_the_last_c
 @pytest.mark.parametrize(
     "trainer, config, name",
     [
-        (train_model, MathqaConfig(device="cpu"), "mathqa train"),
         (train_sbd, SlotsConfig(device="cpu"), "slots train"),
         (train_vae, SlotDiffusionConfig(device="cpu"), "slots train-vae"),
         (train_diffusion, SlotDiffusionConfig(device="cpu"), "slots train-diffusion"),
