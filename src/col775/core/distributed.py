@@ -24,6 +24,18 @@ from col775.core.training import pick_device
 T = TypeVar("T")
 
 
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
 def init_distributed(device: str) -> torch.device:
     """Join the process group torchrun describes (WORLD_SIZE > 1: NCCL on CUDA, gloo on CPU) and return
     this rank's device; otherwise ``pick_device(device)``."""
@@ -36,18 +48,6 @@ def init_distributed(device: str) -> torch.device:
             return torch.device("cuda", local)
         return torch.device("cpu")
     return pick_device(device)
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
 
 
 def shard_indices(count: int) -> list[int]:
