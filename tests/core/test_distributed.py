@@ -1,10 +1,14 @@
 """Sharded evaluation: every example is seen once across ranks and gathered back in order."""
 
+import json
+from pathlib import Path
+
 import numpy as np
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from col775.core.distributed import gather_in_order, gather_shards, shard_indices
+from col775.core.distributed import from_rank0, gather_in_order, gather_shards, shard_indices, sum_over_ranks
 
 
 def _rank_main(rank: int, world: int, folder: str, count: int) -> None:
@@ -29,6 +33,24 @@ def test_two_ranks_see_five_examples_once_and_gather_them_in_order(tmp_path):
     for result in results:
         np.testing.assert_array_equal(result["whole"], expected)
         assert result["sizes"].tolist() == [3, 2]
+
+
+def _shared_main(rank: int, world: int, folder: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world)
+    try:
+        texts = np.array([f"program {i}" for i in shard_indices(5)], dtype=object)  # what decoding gathers
+        result = {"texts": gather_in_order(texts).tolist(), "decision": from_rank0({"epochs": 10 + rank}),
+                  "tokens": sum_over_ranks(torch.tensor([rank + 1, 10 * rank])).tolist()}
+        Path(folder, f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_three_ranks_share_rank0s_decision_sum_their_counts_and_gather_strings_in_order(tmp_path):
+    mp.start_processes(_shared_main, args=(3, str(tmp_path)), nprocs=3, start_method="fork")
+    for rank in range(3):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {
+            "texts": [f"program {i}" for i in range(5)], "decision": {"epochs": 10}, "tokens": [6, 30]}
 
 
 def test_one_process_is_the_identity():

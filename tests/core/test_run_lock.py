@@ -93,7 +93,6 @@ def test_one_process_may_open_its_own_folder_twice_and_keeps_it_until_the_last_c
 @pytest.mark.parametrize(
     "trainer, config, name",
     [
-        (train_model, MathqaConfig(device="cpu"), "mathqa train"),
         (train_slots, SlotsConfig(device="cpu"), "slots train"),
         (train_vae, SlotsConfig(device="cpu", decoder="diffusion"), "slots train-vae"),
         (train_slots, SlotsConfig(device="cpu", decoder="diffusion"), "slots train"),

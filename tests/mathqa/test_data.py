@@ -139,6 +139,21 @@ def test_bucket_sampler_covers_everything_once_with_similar_lengths():
     assert flat == sorted(lengths)
 
 
+@pytest.mark.parametrize("count", [969, 960, 962])  # a last global batch of 9, none, 2 (fewer than 3 ranks)
+def test_bucket_sampler_shares_each_global_batch_out_by_rank(count):
+    """3 ranks step through the batches one process takes at their global batch size, each holding every
+    third index of each batch; a last batch with fewer indices than ranks is skipped by all."""
+    lengths = torch.randint(1, 200, (count,), generator=torch.Generator().manual_seed(0)).tolist()
+    whole = list(data.BucketBatchSampler(lengths, batch_size=48, seed=1))
+    shards = [list(data.BucketBatchSampler(lengths, batch_size=48, seed=1, ranks=3, rank=r)) for r in range(3)]
+    kept = [batch for batch in whole if len(batch) >= 3]
+    assert len(kept) == len(whole) - (count % 48 in (1, 2))
+    for shard in shards:
+        assert len(shard) == len(kept) == len(data.BucketBatchSampler(lengths, 48, ranks=3))
+    for step, batch in enumerate(kept):
+        assert [shard[step] for shard in shards] == [batch[0::3], batch[1::3], batch[2::3]]
+
+
 def test_make_loader_yields_batches(tmp_path):
     src, tgt = data.build_vocabs(RECORDS)
     loader = data.make_loader(data.encode_records(RECORDS, src, tgt), batch_size=2, shuffle=True)

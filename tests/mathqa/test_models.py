@@ -236,6 +236,21 @@ def test_training_gradients_equal_plain_autograd_through_every_step(kind, reques
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "lstm_attn", "bert_finetune"])
+def test_a_training_loss_reaches_every_trainable_parameter(kind, request):
+    """DistributedDataParallel (mathqa train under torchrun) needs a gradient for every trained parameter."""
+    if kind.startswith("bert"):
+        tok = request.getfixturevalue("tokenizer")
+        _, src, tgt = make_batch(RECORDS[:1])
+        model = build_model(kind, src, tgt, TINY)
+        batch, _, _ = make_batch(RECORDS[:4], tok)
+    else:
+        model = tiny(kind)
+        batch, _, _ = make_batch(RECORDS[:4])
+    model.train()(batch, teacher_forcing=0.5).logsumexp(-1).sum().backward()
+    assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
 @pytest.mark.parametrize("kind", ["lstm", "lstm_attn"])
 def test_padding_does_not_change_results(kind):
     model = tiny(kind)
@@ -379,7 +394,8 @@ def test_finetuned_bert_has_its_own_learning_rate(tokenizer):
     model = build_model("bert_finetune", src, tgt, dataclasses.replace(TINY, num_layers=1))
     groups = model.param_groups(1e-3, 2e-5)
     assert [g["lr"] for g in groups] == [1e-3, 2e-5]
-    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.encoder.model.parameters()}
+    pooler = {id(p) for p in model.encoder.model.pooler.parameters()}  # never trained: its output is unused
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.encoder.model.parameters()} - pooler
     batch, _, _ = make_batch(RECORDS[:2], tokenizer)
     model(batch).sum().backward()
     assert model.encoder.model.embeddings.word_embeddings.weight.grad is not None

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from col775.core.config import load_config
 from col775.core.runs import ConfigMismatchError
 from col775.mathqa import data, programs, score, synthetic, train
 from col775.mathqa.train import MathqaConfig, train_model
+from tests.mathqa.test_resume import KILL_AT_STEP
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -188,3 +190,57 @@ def test_label_smoothing_objective_and_reported_loss(folder):
     assert one_epoch(0.3, 0.0)[0] == pytest.approx(one_epoch(0.0, 0.0)[0], rel=1e-6)
     # and the smoothing reaches the gradient: the same steps from the same start end elsewhere
     assert not torch.allclose(one_epoch(0.3, 1e-2)[1], one_epoch(0.0, 1e-2)[1], atol=1e-4)
+
+
+def test_torchrun_two_ranks_train_like_one_process_of_their_global_batch_resume_and_count_each_example_once(tmp_path):
+    """2 gloo ranks of batch 8 against 1 process of batch 16, nothing random in the run (teacher forcing 1,
+    dropout 0): the same per-epoch losses to float tolerance, with the 2-rank run killed in its second
+    epoch and resumed; its gathered dev and test scores equal a 1-process evaluation of its checkpoints
+    to the last bit (evaluation batches of 1: other batch shapes round CPU products differently)."""
+    # 44 training problems: global batches of 16, 16 and 12, so 3 steps an epoch; 13 dev and 7 test
+    # problems: shards of unequal length
+    folder = synthetic.write_synthetic(tmp_path / "data", n_train=44, n_dev=13, n_test=7, seed=3)
+    settings = dict(data=str(folder), glove="random", embedding_dim=8, hidden_size=24, target_embedding_dim=8,
+                    epochs=2, eval_batch_size=1, beam_size=2, max_decode_len=16, dropout=0.0, teacher_forcing=1.0,
+                    lr=5e-2, warmup_steps=2, patience=0, device="cpu", seed=5)
+    out = tmp_path / "ddp"
+    command = ["mathqa", "train", "--out", str(out), "--batch-size", "8",
+               *(f"--{key.replace('_', '-')}={value}" for key, value in settings.items())]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = dict(os.environ, COL775_NO_PROGRESS="1", OMP_NUM_THREADS="1")
+    script = tmp_path / "kill_at_step.py"
+    script.write_text(KILL_AT_STEP)
+    # each rank kills itself at its 5th update, the second of epoch 2: rank 0 has saved epoch 1 by then
+    killed = subprocess.run([*launch, str(script), "5", *command], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert killed.returncode != 0, killed.stderr[-3000:]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1 and not (out / "metrics.json").exists()
+    resumed = subprocess.run([*launch, "-m", "col775", *command], capture_output=True, text=True, env=env,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    one = train_model(MathqaConfig(**settings, batch_size=16), tmp_path / "one")
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["world_size"], one["world_size"]) == (2, 1)
+    history, reference = ([json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+                          for run in (out, tmp_path / "one"))
+    assert [row["epoch"] for row in history] == [0, 1]
+    for key in ("train/loss", "dev/loss"):
+        assert [row[key] for row in history] == pytest.approx([row[key] for row in reference], rel=1e-5), key
+
+    cpu = torch.device("cpu")
+    model, _, prepared = train.load_trained(out)  # the best checkpoint, in one process
+    files = data.load_mathqa(folder)
+    for split in ("dev", "test"):
+        loader = data.make_loader(prepared.splits[split], 1, shuffle=False)
+        records, predicted = train.predict(model, loader, cpu, 2, 16)
+        assert train.scores(records, predicted) == metrics[split], split
+        written = json.loads((out / "predictions" / f"{split}.json").read_text())
+        assert [{k: v for k, v in row.items() if k != "predicted"} for row in written] == files[split]
+        assert [row["predicted"] for row in written] == predicted
+    model.load_state_dict(torch.load(out / "checkpoints" / "last.pt", weights_only=True)["objects"]["model"])
+    loader = data.make_loader(prepared.splits["dev"], 1, shuffle=False)
+    dev = train.scores(*train.predict(model, loader, cpu, 1, 16))
+    assert {f"dev/{name}": value for name, value in dev.items()} == {f"dev/{name}": history[-1][f"dev/{name}"]
+                                                                     for name in dev}
+    assert train.split_loss(model, loader, cpu) == history[-1]["dev/loss"]

@@ -26,7 +26,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import random
 import re
 from collections import Counter
@@ -376,10 +375,15 @@ class BucketBatchSampler(Sampler[list[int]]):
     Indices are shuffled, cut into pools of ``pool_batches`` batches, each pool sorted by
     length and cut into batches, and the batches shuffled. Without shuffling the order
     is simply by length (for fast evaluation). Deterministic given seed and ``set_epoch``.
+
+    Under torch.distributed, ``batch_size`` is the global batch and each of ``ranks`` processes takes
+    every ``ranks``-th index of each batch from ``rank`` on: the batches do not depend on the number of
+    ranks, so N ranks step through the same global batches as one process. A batch with fewer indices
+    than ranks (only ever an epoch's last, shorter one) is skipped, as a rank cannot step on nothing.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True,
-                 seed: int = 0, pool_batches: int = 50):
+                 seed: int = 0, pool_batches: int = 50, ranks: int = 1, rank: int = 0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.lengths = list(lengths)
@@ -387,15 +391,21 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.seed = seed
         self.pool_batches = pool_batches
+        self.ranks = ranks
+        self.rank = rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+        full, rest = divmod(len(self.lengths), self.batch_size)
+        return full + int(rest >= self.ranks)
 
     def __iter__(self) -> Iterator[list[int]]:
+        yield from (batch[self.rank::self.ranks] for batch in self._batches() if len(batch) >= self.ranks)
+
+    def _batches(self) -> Iterator[list[int]]:
         order = list(range(len(self.lengths)))
         if not self.shuffle:
             order.sort(key=lambda i: self.lengths[i])

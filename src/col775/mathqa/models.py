@@ -278,6 +278,10 @@ class WordpieceEncoder(nn.Module):
         self.freeze = freeze
         if freeze:
             self.model.requires_grad_(False)
+        elif getattr(self.model, "pooler", None) is not None:
+            # BERT's [CLS] pooler: its output is never used, so no loss reaches it; left trainable, it would
+            # be a parameter that DistributedDataParallel (torchrun) waits in vain for a gradient of
+            self.model.pooler.requires_grad_(False)
         self.num_layers = num_layers
         self.memory_dim = self.summary_dim = self.model.config.hidden_size
         self.numbers = nn.Embedding(max_numbers + 1, self.memory_dim, padding_idx=0)

@@ -13,6 +13,13 @@ Data: training records longer than ``max_source_len``/``max_target_len`` tokens,
 the scorer cannot run, are left out; dev and test records are never left out (they are scored), only
 cut to the caps for the model. metrics.json counts both. config.yaml holds the SHA-256 of train.json
 and dev.json, and a resumed run refuses to go on if either changed; ``force`` starts the folder clean.
+
+Under ``torchrun --nproc_per_node=N -m col775 mathqa train ...`` the model is wrapped in
+DistributedDataParallel (gloo on CPU, NCCL on CUDA) and ``batch_size`` is per rank: each global batch of
+``batch_size`` x N examples is the one a single process with that batch would take, shared out by rank
+(data.BucketBatchSampler), and its loss is the mean over the whole global batch. Every rank builds the
+same vocabularies (data.Vocab.build orders its words). Dev and test are decoded and scored in unpadded
+shards gathered back in order (core/distributed.py), so every example counts once; only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -28,14 +35,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from torch import nn
 from torch.utils.data import DataLoader
 
 from col775.core.config import from_dict, to_dict
+from col775.core.distributed import (barrier, broadcast_from_rank0, from_rank0, gather_in_order, gather_shards,
+                                     init_distributed, is_distributed, rank, shard_indices, sum_over_ranks,
+                                     world_size)
 from col775.core.runs import ConfigMismatchError, RunDir
-from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything, single_process
+from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything
 from col775.mathqa import data, synthetic
 from col775.mathqa.data import MAX_NUMBERS
 from col775.mathqa.beam import beam_search, greedy_search
@@ -252,8 +264,15 @@ def epochs_within_budget(config: MathqaConfig, history: list[dict[str, Any]]) ->
     return min(config.epochs, len(history) + more)
 
 
+def planned_epochs(config: MathqaConfig, run: RunDir) -> int:
+    """:func:`epochs_within_budget` by rank 0's history and clock, the same on every rank (ranks that
+    stopped at different epochs, or decayed the learning rate differently, would part ways)."""
+    return from_rank0(epochs_within_budget(config, run.history()) if run.writes else 0)
+
+
 def make_train_loader(examples: list[data.Example], batch_size: int, seed: int, wordpiece_pad_id: int) -> DataLoader:
-    """Shuffled training batches bucketed by *target* length.
+    """Shuffled training batches bucketed by *target* length; ``batch_size`` examples a rank, each rank's
+    share of one global batch of ``batch_size`` x world size (the same global batches at any world size).
 
     The decoder runs one step per target position, and it is most of a training step's cost;
     bucketing by target length cuts the padded decoder steps of a MathQA epoch by about 2.5x
@@ -264,7 +283,8 @@ def make_train_loader(examples: list[data.Example], batch_size: int, seed: int, 
     source positions from 2.19x the real ones to 1.28x and trained 1.26x the examples per second,
     but dev loss fell more slowly per epoch (0.717 against 0.650 after 8 epochs), which ate the gain.
     """
-    sampler = data.BucketBatchSampler([len(e.tgt) for e in examples], batch_size, shuffle=True, seed=seed)
+    sampler = data.BucketBatchSampler([len(e.tgt) for e in examples], batch_size * world_size(), shuffle=True,
+                                      seed=seed, ranks=world_size(), rank=rank())
     return DataLoader(examples, batch_sampler=sampler,
                       collate_fn=functools.partial(data.collate, pad_id=0, wordpiece_pad_id=wordpiece_pad_id))
 
@@ -276,9 +296,14 @@ def sequence_loss(logits: torch.Tensor, batch: data.Batch, reduction: str = "mea
                            ignore_index=0, reduction=reduction, label_smoothing=label_smoothing)
 
 
-def train_epoch(model: Seq2Seq, loader, optimizer, scheduler, config: MathqaConfig, device: torch.device,
+def train_epoch(model: nn.Module, loader, optimizer, scheduler, config: MathqaConfig, device: torch.device,
                 epoch: int) -> tuple[float, int]:
-    """One pass over train; the mean loss per target token and the number of examples seen."""
+    """One pass over train; the mean loss per target token and the number of examples seen, over every rank.
+
+    ``model`` may be wrapped in DistributedDataParallel, which averages the ranks' gradients: each rank's
+    summed loss is scaled by world size / the step's target tokens on all ranks, so the update is the one
+    of the mean loss over the whole global batch, whatever share of its tokens each rank holds.
+    """
     model.train()
     total, tokens, examples = 0.0, 0, 0
     limit = config.max_steps_per_epoch or len(loader)
@@ -286,31 +311,58 @@ def train_epoch(model: Seq2Seq, loader, optimizer, scheduler, config: MathqaConf
         if step >= limit:
             break
         batch = batch.to(device)
+        count = (batch.tgt[:, 1:] != 0).sum()
+        everywhere = sum_over_ranks(count.clone())
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
             logits = model(batch, config.teacher_forcing)
-            loss = sequence_loss(logits, batch, label_smoothing=config.label_smoothing)
-            plain = sequence_loss(logits.detach(), batch) if config.label_smoothing else loss  # what we report
+            summed = sequence_loss(logits, batch, reduction="sum", label_smoothing=config.label_smoothing)
+            plain = sequence_loss(logits.detach(), batch, reduction="sum") if config.label_smoothing else summed
         # backward and the update outside autocast, as PyTorch advises: with them inside it, training
         # diverged here (dev loss 14.4 instead of 1.44 after 300 steps; forward-only bf16 tracks float32)
-        optimise(loss, optimizer, f"epoch {epoch + 1}, step {step + 1}", config.grad_clip, model.parameters())
+        optimise(summed * (world_size() / everywhere), optimizer, f"epoch {epoch + 1}, step {step + 1}",
+                 config.grad_clip, model.parameters())
         scheduler.step()
-        count = int((batch.tgt[:, 1:] != 0).sum())
-        total += plain.item() * count
-        tokens += count
+        total += plain.item()  # what we report: the plain cross-entropy
+        tokens += int(count)
         examples += len(batch)
-    return total / max(tokens, 1), examples
+    total, tokens, examples = np.sum(gather_shards(np.array([total, tokens, examples])), axis=0)
+    return float(total / max(tokens, 1)), int(examples)
+
+
+def in_dataset_order(loader: DataLoader, rows: list) -> list:
+    """``rows``, one per example in the order ``loader`` batched them, put in the order of ``loader.dataset``.
+    The loader's batch order must be fixed, as an evaluation loader's (by length) is."""
+    order = [index for indices in loader.batch_sampler for index in indices]
+    placed = [None] * len(order)
+    for index, row in zip(order, rows, strict=True):
+        placed[index] = row
+    return placed
+
+
+def shard_loader(examples: list[data.Example], batch_size: int, wordpiece_pad_id: int) -> DataLoader:
+    """This rank's unpadded share (core.distributed.shard_indices) of an evaluated split, batched by length."""
+    mine = [examples[index] for index in shard_indices(len(examples))]
+    return data.make_loader(mine, batch_size, shuffle=False, wordpiece_pad_id=wordpiece_pad_id)
 
 
 @torch.no_grad()
-def dev_loss(model: Seq2Seq, loader, device: torch.device) -> float:
-    """Mean loss per target token with full teacher forcing (comparable with the train loss at p = 1)."""
+def example_losses(model: Seq2Seq, loader, device: torch.device) -> np.ndarray:
+    """[N, 2] each example's summed loss over its target tokens (full teacher forcing) and their count,
+    in the order of ``loader.dataset``."""
     model.eval()
-    total, tokens = 0.0, 0
+    rows = []
     for batch in loader:
         batch = batch.to(device)
-        total += sequence_loss(model(batch, 1.0), batch, reduction="sum").item()
-        tokens += int((batch.tgt[:, 1:] != 0).sum())
-    return total / max(tokens, 1)
+        losses = sequence_loss(model(batch, 1.0), batch, reduction="none").view(len(batch), -1)  # [B, T-1]
+        rows.extend(zip(losses.sum(1).tolist(), (batch.tgt[:, 1:] != 0).sum(1).tolist()))
+    return np.array(in_dataset_order(loader, rows), dtype=np.float64).reshape(-1, 2)
+
+
+def split_loss(model: Seq2Seq, loader, device: torch.device) -> float:
+    """Mean loss per target token with full teacher forcing (comparable with the train loss at p = 1) over
+    the whole split; ``loader`` reads this rank's shard (:func:`shard_loader`), each example counts once."""
+    rows = gather_in_order(example_losses(model, loader, device))
+    return float(rows[:, 0].sum() / max(rows[:, 1].sum(), 1))
 
 
 def number_counts(records: list[dict]) -> torch.Tensor:
@@ -321,7 +373,8 @@ def number_counts(records: list[dict]) -> torch.Tensor:
 @torch.no_grad()
 def predict(model: Seq2Seq, loader, device: torch.device, beam_size: int, max_len: int,
             length_penalty: float = 1.0, grammar: bool = False, desc: str = "decode") -> tuple[list[dict], list[str]]:
-    """Records and predicted programs of every example in ``loader`` (greedy when beam_size is 1)."""
+    """Records and predicted programs of every example in ``loader`` (greedy when beam_size is 1), in the
+    order of ``loader.dataset`` (the order of the data file for a split)."""
     model.eval()
     vocab = model.tgt_vocab
     constraint = ProgramGrammar(vocab.itos, vocab.eos_id, vocab.pad_id, vocab.bos_id) if grammar else None
@@ -336,7 +389,17 @@ def predict(model: Seq2Seq, loader, device: torch.device, beam_size: int, max_le
             outputs = [found[0].tokens if found else [] for found in hypotheses]
         records.extend(batch.records)
         predicted.extend(tokens_to_program(vocab.decode(ids)) for ids in outputs)
-    return records, predicted
+    return in_dataset_order(loader, records), in_dataset_order(loader, predicted)
+
+
+def decode(model: Seq2Seq, loader, device: torch.device, config: MathqaConfig, beam_size: int,
+           desc: str) -> tuple[list[dict], list[str]]:
+    """:func:`predict` over the whole split in its order; ``loader`` reads this rank's shard
+    (:func:`shard_loader`), so each example is decoded by one rank and counted once."""
+    records, predicted = predict(model, loader, device, beam_size, config.max_decode_len, config.length_penalty,
+                                 config.grammar, desc)
+    return (gather_in_order(np.array(records, dtype=object)).tolist(),
+            gather_in_order(np.array(predicted, dtype=object)).tolist())
 
 
 def scores(records: list[dict], predicted: list[str]) -> dict[str, float]:
@@ -350,27 +413,32 @@ def make_model(config: MathqaConfig, prepared: Prepared, device: torch.device) -
 
 
 def train_model(config: MathqaConfig, out_dir: str | Path, force: bool = False) -> dict[str, Any]:
-    """Train (or resume, or skip when finished) one run in ``out_dir``; returns its metrics.json content."""
-    single_process("col775 mathqa train")
+    """Train (or resume, or skip when finished) one run in ``out_dir``; returns its metrics.json content.
+    Under torchrun every rank calls it (see the module's docstring)."""
+    device = init_distributed(config.device)
     seed_everything(config.seed)
-    device = pick_device(config.device)
+    if rank() == 0:
+        data_dir(config)  # generated data is written by rank 0 alone; the others read it after the barrier
+    barrier()
     hashes = data_hashes(config)
     if not force:
         check_data_unchanged(Path(out_dir), config, hashes)
-    run = RunDir(out_dir, to_dict(config) | {DATA_HASHES: hashes}, force=force)
-    if force:
+    run = RunDir(out_dir, to_dict(config) | {DATA_HASHES: hashes}, force=force, rank=rank())
+    if force and run.writes:
         clear_outputs(run.path)
+    barrier()  # no rank reads the folder before rank 0 has cleared (--force) or claimed it
     if run.finished:
         log.info("%s already finished; pass --force to train it again", out_dir)
         return run.final_metrics()
     prepared = prepare(config)
-    prepared.src_vocab.save(run.path / VOCAB_FILES[0])
-    prepared.tgt_vocab.save(run.path / VOCAB_FILES[1])
+    if run.writes:
+        prepared.src_vocab.save(run.path / VOCAB_FILES[0])
+        prepared.tgt_vocab.save(run.path / VOCAB_FILES[1])
     model = make_model(config, prepared, device)
+    net = nn.parallel.DistributedDataParallel(model) if is_distributed() else model
     train_loader = make_train_loader(prepared.splits["train"], config.batch_size, config.seed,
                                      prepared.wordpiece_pad_id)
-    loaders = {name: data.make_loader(examples, config.eval_batch_size, shuffle=False,
-                                      wordpiece_pad_id=prepared.wordpiece_pad_id)
+    loaders = {name: shard_loader(examples, config.eval_batch_size, prepared.wordpiece_pad_id)
                for name, examples in prepared.splits.items() if name != "train"}
     optimizer = torch.optim.Adam(model.param_groups(config.lr, config.encoder_lr), weight_decay=config.weight_decay)
     steps_per_epoch = min(len(train_loader), config.max_steps_per_epoch or len(train_loader))
@@ -378,35 +446,37 @@ def train_model(config: MathqaConfig, out_dir: str | Path, force: bool = False) 
     scheduler = build_scheduler(config, optimizer, horizon)
     stopper = EarlyStopping(config.patience, mode="max")
     objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "early_stopping": stopper}
-    start, _ = run.resume(objects)
-    horizon[0] = epochs_within_budget(config, run.history()) * steps_per_epoch
+    start, _ = run.resume(objects)  # every rank reads rank 0's last checkpoint
+    planned = planned_epochs(config, run)
+    horizon[0] = planned * steps_per_epoch
 
     for epoch in range(start, config.epochs):
-        if stopper.should_stop or epoch >= epochs_within_budget(config, run.history()):
+        if stopper.should_stop or epoch >= planned:
             break
         began = time.perf_counter()
         train_loader.batch_sampler.set_epoch(epoch)
-        train_loss, seen = train_epoch(model, train_loader, optimizer, scheduler, config, device, epoch)
+        train_loss, seen = train_epoch(net, train_loader, optimizer, scheduler, config, device, epoch)
         train_seconds = time.perf_counter() - began
-        dev = scores(*predict(model, loaders["dev"], device, 1, config.max_decode_len, grammar=config.grammar,
-                              desc=f"epoch {epoch + 1} dev"))
+        dev = scores(*decode(model, loaders["dev"], device, config, 1, f"epoch {epoch + 1} dev"))
         improved = stopper.step(dev["execution_accuracy"])
-        record = {"epoch": epoch, "train/loss": train_loss, "dev/loss": dev_loss(model, loaders["dev"], device)}
+        record = {"epoch": epoch, "train/loss": train_loss, "dev/loss": split_loss(model, loaders["dev"], device)}
         record |= {f"dev/{name}": value for name, value in dev.items()}
         record |= {"lr": optimizer.param_groups[0]["lr"], "train/examples_per_second": seen / train_seconds,
                    "seconds": time.perf_counter() - began}
         run.log_epoch(record)
-        horizon[0] = epochs_within_budget(config, run.history()) * steps_per_epoch
+        planned = planned_epochs(config, run)
+        horizon[0] = planned * steps_per_epoch
         run.save_checkpoint(epoch, objects, best=improved)
         log.info("epoch %d: train loss %.3f, dev execution accuracy %.1f", epoch + 1, train_loss,
                  dev["execution_accuracy"])
 
-    best = run.load_best({"model": model})
+    best = run.load_best({"model": model}) if run.writes else {"epoch": None}
+    broadcast_from_rank0(model.state_dict().values())  # every rank decodes with the best weights rank 0 loaded
     metrics: dict[str, Any] = {}
     for split, loader in loaders.items():
-        records, predicted = predict(model, loader, device, config.beam_size, config.max_decode_len,
-                                     config.length_penalty, config.grammar, desc=f"final {split}")
-        data.write_predictions(run.path / "predictions" / f"{split}.json", records, predicted)
+        records, predicted = decode(model, loader, device, config, config.beam_size, f"final {split}")
+        if run.writes:
+            data.write_predictions(run.path / "predictions" / f"{split}.json", records, predicted)
         metrics[split] = scores(records, predicted)
     history = run.history()
     cut_short = len(history) < config.epochs
@@ -422,7 +492,7 @@ def train_model(config: MathqaConfig, out_dir: str | Path, force: bool = False) 
                 "gold_programs_with_unseen_tokens": {
                     split: sum(prepared.tgt_vocab.unk_id in e.tgt for e in prepared.splits[split]) for split in loaders},
                 "train_dropped_too_long": prepared.dropped["too_long"],
-                "train_dropped_bad_program": prepared.dropped["bad_program"]}
+                "train_dropped_bad_program": prepared.dropped["bad_program"], "world_size": world_size()}
     metrics |= {f"{split}_truncated": count for split, count in prepared.truncated.items()}
     run.finish(metrics)
     return metrics

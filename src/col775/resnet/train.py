@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +28,11 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
-from col775.core.distributed import broadcast_from_rank0, gather_in_order, gather_shards, is_distributed, rank
+from col775.core.distributed import (barrier, broadcast_from_rank0, gather_in_order, gather_shards,
+                                     init_distributed, is_distributed, rank)
 from col775.core.plots import line_panels
 from col775.core.runs import RunDir
-from col775.core.training import EarlyStopping, NonFiniteLossError, optimise, pick_device, progress, seed_everything
+from col775.core.training import EarlyStopping, NonFiniteLossError, optimise, progress, seed_everything
 from col775.resnet.config import ResnetConfig, run_fields
 from col775.resnet.augment import BatchAugment
 from col775.resnet.data import Loaders, build_loaders, normalize
@@ -265,24 +265,12 @@ def plot_curves(history: list[dict], path: Path, title: str) -> Path:
     return line_panels(panels, path, title)
 
 
-def init_distributed(config: ResnetConfig) -> torch.device:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); otherwise pick one device."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
-        use_cuda = torch.cuda.is_available() and config.device in ("auto", "cuda")
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-        if use_cuda:
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local)
-            return torch.device("cuda", local)
-        return torch.device("cpu")
-    return pick_device(config.device)
-
-
 def train(config: ResnetConfig, out: str | Path, force: bool = False) -> dict:
     """Train (or resume, or skip when finished) one run in `out`; returns its metrics.json content."""
-    device = init_distributed(config)
+    device = init_distributed(config.device)
     seed_everything(config.seed)
     run = RunDir(out, run_fields(config), force=force, rank=rank())
+    barrier()  # no rank reads the folder before rank 0 has cleared (--force) or claimed it
     if run.finished:
         log.info("%s already finished; pass --force to train it again", out)
         return run.final_metrics()
