@@ -309,8 +309,8 @@ def train(config: ResnetConfig, out: str | Path, force: bool = False) -> dict:
         record |= {f"val/{k}": v for k, v in val.numbers().items()}
         run.log_epoch(record)
         run.save_checkpoint(epoch, objects, best=improved, extra={"images_per_second": rates})
-        log.info("epoch %d: train acc %.3f (eval mode, fixed sample; augmented running %.3f), val acc %.3f", epoch + 1, sample.accuracy,
-                 trained.accuracy, val.accuracy)
+        log.info("epoch %d: train acc %.3f (eval mode, fixed sample; augmented running %.3f), val acc %.3f",
+                 epoch + 1, sample.accuracy, trained.accuracy, val.accuracy)
 
     best = run.load_best({"model": model}) if run.writes else {"epoch": None}
     broadcast_from_rank0(model.state_dict().values())  # every rank evaluates the best weights rank 0 loaded
