@@ -41,15 +41,15 @@ def record_worker(config: Config, run_dir: Path, force: bool) -> None:
     (run_dir / "metrics.json").write_text("{}")
 
 
-def test_workers_run_side_by_side_with_their_threads_and_gpu_and_a_failure_stops_only_its_run(tmp_path):
+def test_workers_run_side_by_side_with_their_threads_and_gpu_and_a_failure_stops_only_its_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)  # this process only: each of 2 workers gets 4 threads
     runs = {f"r{i}": Config(f"r{i}") for i in range(3)} | {"bad": Config("bad", fail=True)}
     failures = train_runs(runs, tmp_path, Trainer("none", record_worker), StudyOptions(jobs=2, gpus=["3", "5"]))
     assert list(failures) == ["bad"]
     assert failures["bad"].startswith("ValueError: run bad was told to fail (log ") and failures["bad"].endswith("bad.log)")
     assert "run bad was told to fail" in (tmp_path / "logs" / "bad.log").read_text()
     seen = [json.loads((tmp_path / f"r{i}" / "seen.json").read_text()) for i in range(3)]
-    threads = max(1, os.cpu_count() // 2)
-    assert all(s["threads"] == threads and s["omp"] == str(threads) and s["workers"] == 2 for s in seen)
+    assert all(s["threads"] == 4 and s["omp"] == "4" and s["workers"] == 2 for s in seen)
     gpu_of = {s["pid"]: s["gpu"] for s in seen}
     assert os.getpid() not in gpu_of and len(gpu_of) == 2 and set(gpu_of.values()) == {"3", "5"}  # a GPU per worker
     assert set(finished_runs(runs, tmp_path)) == {"r0", "r1", "r2"}
