@@ -4,7 +4,7 @@ Target: on a 2-core CPU, `--jobs 2` takes at most 0.75x the time of `--jobs 1`. 
 whole command in a fresh process (`python -m col775 resnet study --preset demo ...`: imports, every
 run, Grad-CAM and the report), on synthetic data generated beforehand into a shared cache, so both
 settings do the same work. The two settings alternate `--repeats` times and the medians are compared,
-so load from other processes falls on both. Default: the demo preset at 2 epochs; `--quick`: 1 epoch,
+so load from other processes falls on both. Default: the demo preset (all 11 runs) at 1 epoch; `--quick`: 1 epoch,
 8 training images per class and 3 of the 7 norms (a smoke run).
 Run: .venv/bin/python benchmarks/bench_study_jobs.py [--quick] [--repeats N]
 """
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 SIZES = {
-    "default": ["--epochs", "2"],
+    "default": ["--epochs", "1"],
     "quick": ["--epochs", "1", "--synthetic-train-per-class", "8", "--study-norms", "torch_bn,bn,gn"],
 }
 

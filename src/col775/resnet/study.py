@@ -76,8 +76,9 @@ def run_study(config: ResnetConfig, out: str | Path, options: StudyOptions = Stu
     if not results:
         if len(diverged) == len(runs):
             raise NonFiniteLossError(f"every run of the study in {out} diverged; lower --lr or set --grad-clip")
-        raise FileNotFoundError(f"no run of the study in {out} has finished: "
-                                + (missing_notice(list(runs), failures) if failures else "train them first"))
+        failed = "; ".join(f"{name} {why}" for name, why in failures.items())
+        raise FileNotFoundError(f"no run of the study in {out} has finished"
+                                + (f"; failed: {failed}" if failed else "; train them first (without --report-only)"))
     notice = missing_notice([n for n in runs if n not in results and n not in diverged], failures)
     best_name = max(results, key=lambda n: results[n]["metrics"]["val"]["accuracy"])
     shown = {key: run for key, (_, run) in first_seed(results).items()}
