@@ -10,8 +10,8 @@ and the predictions written in the course's submission format under predictions/
     model-<kind>   every split at the configured beam, with and without grammar constraints
     bert_finetune  the test split (dev when the data has none) at beams 1, 10 and 20 (2.3.3)
 With several seeds each run becomes `<run>/seed-<k>` (core/seeds.py): the tables show each variant's
-first seed and the seed section every seed. The runs train in this process or side by side as
-`col775 mathqa train` processes (core/study.py).
+first seed and the seed section every seed. The runs train in this process, side by side in worker
+processes, or from a plan of `col775 mathqa train` lines (core/study.py).
 Every dev number is labelled "dev, also used for model selection" (``train.split_role``): dev
 picks each run's checkpoint, and without a test split it also stands in for test in 2.3.2
 and 2.3.3. Models are named after the encoder each run really used (``models.model_name``).

@@ -5,9 +5,9 @@ Runs, each a run folder under the study's output folder:
                          model of section 1.1, bn/in/bin/ln/gn/nn the six variants of section 2
     batch-<kind>-b<B>    BN and GN at each of `study_batch_sizes`, with early stopping on val accuracy
 With several seeds each becomes `<run>/seed-<k>` (core/seeds.py); the report's tables and curves show each
-variant's first seed, and its seed section every seed. The runs train in this process or side by side as
-`col775 resnet train` processes (core/study.py). Then Grad-CAM on the single run with the best val
-accuracy, and one report with every number and setting.
+variant's first seed, and its seed section every seed. The runs train in this process, side by side in
+worker processes, or from a plan of `col775 resnet train` lines (core/study.py). Then Grad-CAM on the
+single run with the best val accuracy, and one report with every number and setting.
 A run whose loss goes NaN or inf is recorded as diverged (`diverged.json` in its folder) and reported
 so; the study goes on with the others and does not train it again unless `force` is given.
 """
@@ -50,7 +50,7 @@ def study_runs(config: ResnetConfig) -> dict[str, ResnetConfig]:
     return runs
 
 
-TRAINER_FLAGS = ("--record-divergence",)  # a run's own process records a NaN loss as the study does
+TRAINER_FLAGS = ("--record-divergence",)  # a plan line records a NaN loss as the study does
 
 
 def run_study(config: ResnetConfig, out: str | Path, options: StudyOptions = StudyOptions()) -> Report | None:
