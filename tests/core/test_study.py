@@ -79,6 +79,7 @@ def test_study_flags(flags, expected):
 @pytest.mark.parametrize("flags, message", [
     (["--jobs", "0"], "--jobs must be at least 1"),
     (["--plan", "p.sh", "--report-only"], "give one of them"),
+    (["--seeds", "0,a"], "--seeds takes whole numbers"),
 ])
 def test_bad_study_flags_are_one_clear_error(flags, message):
     with pytest.raises(ValueError, match=message):

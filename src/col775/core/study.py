@@ -70,7 +70,7 @@ class Trainer:
 def add_study_args(parser: argparse.ArgumentParser) -> None:
     """The flags every `col775 <study> study` shares."""
     parser.add_argument("--force", action="store_true", help="train every run again")
-    parser.add_argument("--seeds", type=parse_seeds, default=None, metavar="0,1,2",
+    parser.add_argument("--seeds", default=None, metavar="0,1,2",
                         help="train every variant once per seed, in <variant>/seed-<k>, and report mean ± std "
                              "and 95%% intervals (default: the configured seed, one folder per variant)")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
@@ -92,7 +92,8 @@ def study_options(args: argparse.Namespace) -> StudyOptions:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
     if args.plan is not None and args.report_only:
         raise ValueError("--plan writes the commands and --report-only reads their results: give one of them")
-    return StudyOptions(seeds=args.seeds, jobs=jobs, gpus=args.gpus, plan=args.plan,
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    return StudyOptions(seeds=seeds, jobs=jobs, gpus=args.gpus, plan=args.plan,
                         report_only=args.report_only, force=args.force)
 
 
