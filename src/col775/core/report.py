@@ -176,9 +176,13 @@ def history_series(runs: Sequence[dict[str, Any]], key: str) -> dict[str, tuple[
     return series
 
 
-def runs_report(run_dirs: Sequence[str | Path], plots_dir: str | Path, title: str = "Runs") -> Report:
-    """A generic report of any run folders: final numbers, every logged curve overlaid, every setting."""
+def runs_report(run_dirs: Sequence[str | Path], plots_dir: str | Path, title: str = "Runs",
+                root: str | Path | None = None) -> Report:
+    """A generic report of any run folders: final numbers, every logged curve overlaid, every setting.
+    Runs are named by their folder, or by their path under `root` (e.g. "model-lstm/seed-1")."""
     runs = [read_run(path) for path in run_dirs]
+    if root is not None:
+        runs = [run | {"name": str(run["path"].relative_to(root))} for run in runs]
     report = Report(title)
     finished = [run for run in runs if run["metrics"] is not None]
     if finished:

@@ -158,7 +158,7 @@ def run_study(config: MathqaConfig, out: str | Path, options: StudyOptions = Stu
         report = Report("MathQA: word problems to programs (incomplete)")
         report.text(notice + " The study's own tables need a finished run of every variant; meanwhile the "
                     "finished runs' numbers:")
-        report.extend(runs_report([out / name for name in results], out / "figures", "Finished runs"))
+        report.extend(runs_report([out / name for name in results], out / "figures", "Finished runs", root=out))
     else:
         splits = [s for s in ("dev", "test") if s in shown[model_run(KINDS[0])][1]["metrics"]]
         decoded_runs = {name: decode(out / name, wanted_decodings(config, kind, splits), config.device)
