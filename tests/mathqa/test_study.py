@@ -3,14 +3,17 @@
 import dataclasses
 import json
 import re
+import shlex
+import sys
 
 import pytest
 
-from col775.cli import main
-from col775.core.config import to_dict
+from col775.cli import build_parser, main
+from col775.core.config import config_from_args, to_dict
+from col775.core.report import Report
 from col775.mathqa import data, programs, synthetic
 from col775.mathqa.models import KINDS
-from col775.mathqa.study import BEAM_SIZES, Decoding, build_report, run_study, study_runs
+from col775.mathqa.study import BEAM_SIZES, Decoding, build_report, run_study, seed_noise, study_runs
 from col775.mathqa.train import MathqaConfig, train_model
 
 BERT = {"epochs": 1, "max_steps_per_epoch": 2, "max_wordpieces": 48}
@@ -181,3 +184,57 @@ def test_with_test_split_test_is_plain_and_dev_is_the_selection_split(tmp_path):
     assert "| test: EM | test: exec | test: token |" in md
     assert "On test, by execution accuracy" in md
     assert "dev 1 of 4, test 1 of 3." in md
+
+
+# ---------------------------------------------------------------- seeds, plans, partial reports
+
+
+def test_plan_lines_train_the_study_config_and_report_only_names_the_missing_runs(tmp_path, capsys):
+    folder = synthetic.write_synthetic(tmp_path / "data", n_train=24, n_dev=6, n_test=5, seed=3)
+    flags = ["--data", str(folder), "--hidden-size", "16", "--target-embedding-dim", "8", "--glove", "random",
+             "--embedding-dim", "8", "--epochs", "1", "--max-steps-per-epoch", "2", "--beam-size", "2",
+             "--max-decode-len", "8", "--device", "cpu"]
+    out, plan = tmp_path / "study", tmp_path / "plan.sh"
+    assert main(["mathqa", "study", "--out", str(out), "--plan", str(plan), "--seeds", "0,1", *flags]) == 0
+    lines = [shlex.split(line) for line in plan.read_text().splitlines() if not line.startswith("#")]
+    runs = {f"{name}/seed-{k}" for name in ("model-lstm", "model-lstm_attn", "model-bert_frozen",
+                                            "model-bert_finetune", "tf-0.3", "tf-0.9") for k in (0, 1)}
+    assert {line[line.index("--out") + 1] for line in lines} == {str(out.resolve() / name) for name in runs}
+    line = next(line for line in lines if line[line.index("--out") + 1].endswith("model-lstm/seed-1"))
+    assert line[:3] == [sys.executable, "-m", "col775"]
+    assert main(line[3:]) == 0  # the line's own arguments, as `python -m col775` would take them
+    config = dataclasses.replace(config_from_args(MathqaConfig, build_parser().parse_args(["mathqa", "study", *flags]),
+                                                  "mathqa"), model="lstm", seed=1)
+    train_model(config, tmp_path / "in-process")
+    trained = out / "model-lstm" / "seed-1"
+    assert (trained / "config.yaml").read_text() == (tmp_path / "in-process" / "config.yaml").read_text()
+
+    capsys.readouterr()
+    assert main(["mathqa", "study", "--out", str(out), "--report-only", "--seeds", "0,1", *flags]) == 0
+    md = (out / "report.md").read_text()
+    assert "Incomplete: 11 run(s) have not finished" in md and "model-lstm/seed-0; model-lstm_attn/seed-0" in md
+    assert "| model-lstm/seed-1 |" in md  # the finished run's numbers
+
+
+def test_the_seed_section_compares_what_the_assignment_asks(tmp_path):
+    config = tiny(tmp_path)
+    execution = {"model-lstm": [40, 41, 40.5], "model-lstm_attn": [60, 61, 60.5], "model-bert_frozen": [50, 55, 45],
+                 "model-bert_finetune": [52, 54, 50], "tf-0.3": [58, 63, 61], "tf-0.9": [59, 62, 60]}
+    results = {f"{name}/seed-{k}": {"metrics": {"test": {"execution_accuracy": v, "exact_match": v - 5}}}
+               for name, values in execution.items() for k, v in enumerate(values)}
+    beams = {1: [48, 50, 49], 10: [52, 54, 50], 20: [52.5, 53, 52]}
+    decoded = {f"model-bert_finetune/seed-{k}": {Decoding("test", b, config.grammar).name:
+                                                  {"execution_accuracy": beams[b][k], "exact_match": 0.0}
+                                                  for b in BEAM_SIZES} for k in range(3)}
+    names = {kind: kind for kind in KINDS}
+    report = Report("t")
+    seed_noise(config, results, decoded, names, "test").add_to(report)
+    report.write(tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "attention vs none (test exec (%)): lstm 40.5 ± 0.5 against lstm_attn 60.5 ± 0.5: differs beyond seed noise." in md
+    assert "frozen vs fine-tuned encoder (test exec (%)): bert_frozen 50.0 ± 5.0 against bert_finetune 52.0 ± 2.0: within seed noise." in md
+    assert "teacher forcing 0.3 vs 0.6 (test exec (%)): lstm_attn, teacher forcing 0.3 60.7 ± 2.5 against lstm_attn, teacher forcing 0.6 60.5 ± 0.5: within seed noise." in md
+    assert "teacher forcing 0.6 vs 0.9" in md and "beam 1 vs 10 (test exec (%)): bert_finetune, beam 1 49.0 ± 1.0" in md
+    assert "beam 10 vs 20" in md and "beam 1 vs 20" in md
+    assert seed_noise(config, {name: run for name, run in results.items() if name.endswith("-0")}, decoded, names,
+                      "test") is None  # one seed: no section

@@ -3,14 +3,20 @@
 import dataclasses
 import json
 import math
+import os
 import re
+import statistics
+import subprocess
 
 import pytest
+import yaml
 
+from col775.cli import main
+from col775.core.study import StudyOptions
 from col775.core.training import NonFiniteLossError
 from col775.resnet import study as study_module
 from col775.resnet import train as train_module
-from col775.resnet.config import ResnetConfig
+from col775.resnet.config import ResnetConfig, run_fields
 from col775.resnet.study import run_study, study_runs, train_or_record_divergence
 
 
@@ -92,3 +98,89 @@ def test_a_diverged_run_is_recorded_reported_and_not_retrained_and_the_study_goe
     with pytest.raises(pytest.fail.Exception, match="retrained"):
         train_or_record_divergence(runs["norm-nn"], out / "norm-nn", force=True)
     assert not (out / "norm-nn" / "diverged.json").exists()
+
+
+# ---------------------------------------------------------------- seeds, processes, plans
+
+
+def two_runs(config: ResnetConfig) -> dict:
+    return {"norm-bn": dataclasses.replace(config, norm="bn"), "norm-gn": dataclasses.replace(config, norm="gn")}
+
+
+def small(tmp_path) -> ResnetConfig:
+    return tiny_study(tmp_path, epochs=1, gradcam_classes=["Cattle Egret"], gradcam_per_kind=1)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_two_seeds_give_two_folders_per_variant_and_a_mean_std_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(study_module, "study_runs", two_runs)
+    out = tmp_path / "study"
+    run_study(small(tmp_path), out, StudyOptions(seeds=[0, 1]))
+    md = (out / "report.md").read_text()
+    for variant, label in (("norm-bn", "BN"), ("norm-gn", "GN")):
+        assert sorted(p.name for p in (out / variant).iterdir()) == ["seed-0", "seed-1"]
+        accuracy = []
+        for seed in (0, 1):
+            config = yaml.safe_load((out / variant / f"seed-{seed}" / "config.yaml").read_text())
+            assert config["seed"] == seed
+            accuracy.append(100 * json.loads((out / variant / f"seed-{seed}" / "metrics.json").read_text())["test"]["accuracy"])
+        mean, std = statistics.mean(accuracy), statistics.stdev(accuracy)
+        half = 12.706205 * std / math.sqrt(2)  # t(0.975, df 1) from a t table
+        spread = f"{mean:.1f}" if std == 0 else f"{mean:.1f} ± {std:.1f}"
+        assert re.search(rf"\| {label} \| 2 \| [^|]+ \| [^|]+ \| {re.escape(spread)} \| {mean - half:.1f} to "
+                         rf"{mean + half:.1f} \|", md) or (std == 0 and f"| {label} | 2 |" in md)
+    assert "## Seed noise" in md and "GN vs BN (test acc (%)): GN " in md
+    assert "Grad-CAM of the best model (norm-" in md and "/seed-" in md
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_jobs_2_trains_the_same_runs_as_jobs_1_and_reports_failed_and_diverged_runs(tmp_path, monkeypatch):
+    config = small(tmp_path)
+    monkeypatch.setattr(study_module, "study_runs", two_runs)
+    run_study(config, tmp_path / "one")
+    more = lambda c: two_runs(c) | {"norm-nn": dataclasses.replace(c, norm="nn", lr=1e6),  # noqa: E731
+                                    "norm-xx": dataclasses.replace(c, norm="xx")}
+    monkeypatch.setattr(study_module, "study_runs", more)
+    run_study(config, tmp_path / "two", StudyOptions(jobs=2))
+    for name in ("norm-bn", "norm-gn"):
+        one, two = (json.loads((tmp_path / out / name / "metrics.json").read_text()) for out in ("one", "two"))
+        for split in ("train", "val", "test"):
+            assert two[split] == pytest.approx(one[split], rel=1e-5)
+        assert (tmp_path / "two" / name / "config.yaml").read_text() == (tmp_path / "one" / name / "config.yaml").read_text()
+        record = json.loads((tmp_path / "two" / name / "provenance.json").read_text())[0]
+        assert record["pid"] != os.getpid() and record["torch_threads"] == max(1, os.cpu_count() // 2)
+        assert "epoch 1: train acc" in (tmp_path / "two" / "logs" / f"{name}.log").read_text()
+    assert json.loads((tmp_path / "two" / "norm-nn" / "diverged.json").read_text())["epoch"] == 0
+    md = (tmp_path / "two" / "report.md").read_text()
+    assert "| no norm | diverged at epoch 1" in md and "| GN |" in md
+    assert re.search(r"left out of this report:\*\* norm-xx \(failed, ValueError: unknown norm kind 'xx'.* \(log "
+                     r".*logs/norm-xx\.log\)\)", md)
+
+
+def test_train_with_record_divergence_writes_the_record_and_ends_normally(tmp_path, capsys):
+    config = small(tmp_path)
+    preset = tmp_path / "nn.yaml"
+    preset.write_text(yaml.safe_dump(run_fields(dataclasses.replace(config, norm="nn", lr=1e6))))
+    out = tmp_path / "norm-nn"
+    assert main(["resnet", "train", "--preset", str(preset), "--out", str(out), "--record-divergence"]) == 0
+    assert json.loads(capsys.readouterr().out)["diverged"]["epoch"] == 0
+    assert json.loads((out / "diverged.json").read_text())["epoch"] == 0
+    assert main(["resnet", "train", "--preset", str(preset), "--out", str(out)]) == 2  # without it: the usual error
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_plan_line_trains_its_run_and_report_only_names_the_missing(tmp_path, monkeypatch):
+    config = small(tmp_path)
+    monkeypatch.setattr(study_module, "study_runs", two_runs)
+    out, plan = tmp_path / "study", tmp_path / "plan.sh"
+    assert run_study(config, out, StudyOptions(plan=plan)) is None
+    lines = [line for line in plan.read_text().splitlines() if not line.startswith("#")]
+    assert len(lines) == 2 and not (out / "norm-bn").exists()
+    subprocess.run(["bash", "-c", lines[0]], cwd=tmp_path / "..", check=True, capture_output=True)
+    assert (out / "norm-bn" / "metrics.json").is_file() and not (out / "norm-gn").exists()
+    assert yaml.safe_load((out / "norm-bn" / "config.yaml").read_text()) == run_fields(dataclasses.replace(config, norm="bn"))
+
+    monkeypatch.setattr(train_module, "train_epoch", lambda *a, **k: pytest.fail("--report-only trained"))
+    run_study(config, out, StudyOptions(report_only=True))
+    md = (out / "report.md").read_text()
+    assert "left out of this report:** norm-gn." in md and "| BN |" in md

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import yaml
 
 from col775.core.plots import line_plot
+from col775.core.provenance import read_provenance
 from col775.core.runs import read_run
 
 
@@ -49,8 +50,12 @@ class Report:
             raise FileNotFoundError(f"figure {png} does not exist")
         self.blocks.append(_Block("figure", (png, caption)))
 
-    def settings(self, name: str, config: dict[str, Any]) -> None:
-        self.blocks.append(_Block("settings", (name, yaml.safe_dump(config, sort_keys=False).strip())))
+    def settings(self, name: str, config: dict[str, Any], provenance: list[dict[str, Any]] | None = None) -> None:
+        """A run's settings, and below them what trained it (its provenance.json records), when given."""
+        text = yaml.safe_dump(config, sort_keys=False).strip()
+        if provenance:
+            text += "\n# what trained it (provenance.json)\n" + yaml.safe_dump(provenance, sort_keys=False).strip()
+        self.blocks.append(_Block("settings", (name, text)))
 
     def extend(self, other: "Report", level_shift: int = 1) -> None:
         """Append another report's blocks, its title becoming a heading (for `col775 demo`)."""
@@ -171,9 +176,13 @@ def history_series(runs: Sequence[dict[str, Any]], key: str) -> dict[str, tuple[
     return series
 
 
-def runs_report(run_dirs: Sequence[str | Path], plots_dir: str | Path, title: str = "Runs") -> Report:
-    """A generic report of any run folders: final numbers, every logged curve overlaid, every setting."""
+def runs_report(run_dirs: Sequence[str | Path], plots_dir: str | Path, title: str = "Runs",
+                root: str | Path | None = None) -> Report:
+    """A generic report of any run folders: final numbers, every logged curve overlaid, every setting.
+    Runs are named by their folder, or by their path under `root` (e.g. "model-lstm/seed-1")."""
     runs = [read_run(path) for path in run_dirs]
+    if root is not None:
+        runs = [run | {"name": str(run["path"].relative_to(root))} for run in runs]
     report = Report(title)
     finished = [run for run in runs if run["metrics"] is not None]
     if finished:
@@ -192,5 +201,5 @@ def runs_report(run_dirs: Sequence[str | Path], plots_dir: str | Path, title: st
             report.figure(png, f"{key} per epoch")
     report.heading("Settings")
     for run in runs:
-        report.settings(run["name"], run["config"])
+        report.settings(run["name"], run["config"], read_provenance(run["path"]))
     return report

@@ -4,6 +4,7 @@ Layout of a run folder:
     config.yaml        the resolved settings the run was started with
     metrics.jsonl      one JSON line per finished epoch
     metrics.json       the final numbers; its presence marks the run finished
+    provenance.json    what trained it, one record per start or resume (core/provenance.py)
     checkpoints/       last.pt (every epoch) and best.pt, each written atomically
     tb/                TensorBoard events
     plots/             this run's curves (one PNG per logged quantity), written when it finishes
@@ -44,6 +45,7 @@ import torch
 import yaml
 
 from col775.core.plots import history_curves
+from col775.core.provenance import FILE as PROVENANCE, provenance, read_provenance
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +212,7 @@ class RunDir:
         return json.loads((self.path / "metrics.json").read_text())
 
     def _clear(self) -> None:
-        for name in ("metrics.json", "metrics.jsonl"):
+        for name in ("metrics.json", "metrics.jsonl", PROVENANCE):
             (self.path / name).unlink(missing_ok=True)
         for name in ("checkpoints", "tb", "plots"):
             shutil.rmtree(self.path / name, ignore_errors=True)
@@ -284,7 +286,10 @@ class RunDir:
             raise RunFolderError(f"{path} cannot be read ({error}); {fix}") from error
 
     def resume(self, objects: dict[str, Stateful]) -> tuple[int, dict]:
-        """Restore the last checkpoint into `objects`; returns (next epoch, the checkpoint's extra)."""
+        """Restore the last checkpoint into `objects`; returns (next epoch, the checkpoint's extra).
+        Training calls it whenever it starts or resumes, so it also records what is training (provenance.json)."""
+        if self.writes:
+            atomic_write_json(self.path / PROVENANCE, read_provenance(self.path) + [provenance()])
         state = self._load("last.pt")
         if state is None:
             if self.writes:

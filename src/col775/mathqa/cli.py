@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 
 from col775.core.config import add_config_args, config_from_args
+from col775.core.study import add_study_args, study_options
 from col775.mathqa import data
 from col775.mathqa.models import KINDS
 from col775.mathqa.score import SubmissionError, load_submission, score_records, write_verdicts
@@ -97,7 +98,7 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--out", default="runs/mathqa-study", help="folder of the study's runs and report")
-    parser.add_argument("--force", action="store_true", help="train every run again")
+    add_study_args(parser)
     add_config_args(parser, MathqaConfig, skip=("model",))
     parser.set_defaults(handler=_run_study)
 
@@ -106,8 +107,10 @@ def _run_study(args: argparse.Namespace) -> int:
     from col775.mathqa.study import run_study
 
     config = config_from_args(MathqaConfig, args, "mathqa")
-    run_study(config, args.out, force=args.force)
-    print(f"report: {Path(args.out) / 'report.html'} and {Path(args.out) / 'report.md'}")
+    options = study_options(args)
+    run_study(config, args.out, options)
+    print(f"plan: {options.plan}" if options.plan else f"report: {Path(args.out) / 'report.html'} and "
+                                                        f"{Path(args.out) / 'report.md'}")
     return 0
 
 

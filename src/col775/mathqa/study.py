@@ -9,6 +9,9 @@ Decodings of trained runs, without retraining; scores are cached in the run's de
 and the predictions written in the course's submission format under predictions/:
     model-<kind>   every split at the configured beam, with and without grammar constraints
     bert_finetune  the test split (dev when the data has none) at beams 1, 10 and 20 (2.3.3)
+With several seeds each run becomes `<run>/seed-<k>` (core/seeds.py): the tables show each variant's
+first seed and the seed section every seed. The runs train in this process, side by side in worker
+processes, or from a plan of `col775 mathqa train` lines (core/study.py).
 Every dev number is labelled "dev, also used for model selection" (``train.split_role``): dev
 picks each run's checkpoint, and without a test split it also stands in for test in 2.3.2
 and 2.3.3. Models are named after the encoder each run really used (``models.model_name``).
@@ -20,13 +23,17 @@ import dataclasses
 import hashlib
 import json
 import logging
+from itertools import combinations
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 from col775.core.config import load_config, to_dict
 from col775.core.plots import line_plot
-from col775.core.report import Report
-from col775.core.runs import atomic_write_json, read_run
+from col775.core.provenance import read_provenance
+from col775.core.report import Report, runs_report
+from col775.core.runs import atomic_write_json
+from col775.core.seeds import SeedNoise, by_variant, first_seed, seeded
+from col775.core.study import StudyOptions, Trainer, finished_runs, missing_notice, train_runs, write_plan
 from col775.mathqa import data
 from col775.mathqa.models import KINDS, model_name
 from col775.mathqa.score import load_submission, score_records
@@ -129,28 +136,78 @@ def decode(run_dir: Path, wanted: Sequence[Decoding], device: str = "auto") -> d
 # ---------------------------------------------------------------- the study
 
 
-def run_study(config: MathqaConfig, out: str | Path, force: bool = False,
-              overrides: dict[str, dict[str, Any]] | None = None) -> Report:
-    """Train every run (resuming or skipping finished ones), decode the variants, write the report."""
+def run_study(config: MathqaConfig, out: str | Path, options: StudyOptions = StudyOptions(),
+              overrides: dict[str, dict[str, Any]] | None = None) -> Report | None:
+    """Train every run (resuming or skipping finished ones), decode the variants, write the report.
+
+    `options` picks seeds, side-by-side processes, a plan of commands instead of training (returns None)
+    or a report of what has finished; until every variant has a finished run that report lists the
+    finished runs' numbers and names the missing ones.
+    """
     out = Path(out)
-    runs = study_runs(config, overrides)
-    for name, settings in runs.items():
-        log.info("study run %s", name)
-        train_model(settings, out / name, force=force)  # with force it also drops the run's old decodings
-    results = {name: read_run(out / name) for name in runs}
-    splits = [s for s in ("dev", "test") if s in results[model_run(KINDS[0])]["metrics"]]
-    eval_split = splits[-1]
-    decoded: dict[str, dict[str, dict[str, float]]] = {}
-    for kind in KINDS:
-        wanted = [Decoding(split, config.beam_size, grammar) for split in splits for grammar in (False, True)]
-        if kind == BEAM_MODEL:
-            wanted += [Decoding(eval_split, k, config.grammar) for k in BEAM_SIZES]
-        decoded[kind] = decode(out / model_run(kind), list(dict.fromkeys(wanted)), config.device)
-    names = {kind: model_name(kind, model_config(runs[model_run(kind)])) for kind in KINDS}
-    report = build_report(config, results, decoded, splits, names, out)
+    runs = seeded(study_runs(config, overrides), options.seeds)
+    trainer = Trainer("mathqa", train_model)  # with force train_model also drops a run's old decodings
+    if options.plan is not None:
+        write_plan(runs, out, trainer, options.plan, options.force)
+        return None
+    failures = {} if options.report_only else train_runs(runs, out, trainer, options)
+    results = finished_runs(runs, out)
+    notice = missing_notice([name for name in runs if name not in results], failures)
+    shown = first_seed(results)
+    if len(shown) < len(by_variant(runs)):
+        report = Report("MathQA: word problems to programs (incomplete)")
+        report.text(notice + " The study's own tables need a finished run of every variant; meanwhile the "
+                    "finished runs' numbers:")
+        report.extend(runs_report([out / name for name in results], out / "figures", "Finished runs", root=out))
+    else:
+        splits = [s for s in ("dev", "test") if s in shown[model_run(KINDS[0])][1]["metrics"]]
+        decoded_runs = {name: decode(out / name, wanted_decodings(config, kind, splits), config.device)
+                        for kind in KINDS for name in by_variant(results)[model_run(kind)]}
+        decoded = {kind: decoded_runs[shown[model_run(kind)][0]] for kind in KINDS}
+        names = {kind: model_name(kind, model_config(runs[shown[model_run(kind)][0]])) for kind in KINDS}
+        detail = {key: run for key, (_, run) in shown.items()}
+        noise = seed_noise(config, results, decoded_runs, names, splits[-1])
+        report = build_report(config, detail, decoded, splits, names, out, notice, noise)
     path = report.write(out)
     log.info("report written to %s", path)
     return report
+
+
+def wanted_decodings(config: MathqaConfig, kind: str, splits: list[str]) -> list[Decoding]:
+    """Every split at the configured beam with and without grammar; the beam sizes of 2.3.3 for BEAM_MODEL."""
+    wanted = [Decoding(split, config.beam_size, grammar) for split in splits for grammar in (False, True)]
+    if kind == BEAM_MODEL:
+        wanted += [Decoding(splits[-1], k, config.grammar) for k in BEAM_SIZES]
+    return list(dict.fromkeys(wanted))
+
+
+def seed_noise(config: MathqaConfig, results: dict[str, dict], decoded_runs: dict[str, dict], names: dict[str, str],
+               eval_split: str) -> SeedNoise | None:
+    """Exact match and execution accuracy of the models, teacher-forcing runs and beam sizes over seeds, and
+    the assignment's comparisons on execution accuracy; None when no variant has more than one seed."""
+    groups = by_variant(results)
+    if all(len(group) < 2 for group in groups.values()):
+        return None
+    role = split_role(eval_split)
+
+    def scores(values: list[dict]) -> dict[str, list[float]]:
+        return {f"{role} {short} (%)": [v[key] for v in values] for key, short in METRICS[:2]}
+
+    table = {names[kind]: scores([run["metrics"][eval_split] for run in groups[model_run(kind)].values()])
+             for kind in KINDS}
+    table |= {f"{names[TF_MODEL]}, teacher forcing {p:g}": scores(
+        [run["metrics"][eval_split] for run in groups[tf_run(config, p)].values()]) for p in TEACHER_FORCING}
+    table |= {f"{names[BEAM_MODEL]}, beam {k}": scores(
+        [decoded_runs[name][Decoding(eval_split, k, config.grammar).name] for name in groups[model_run(BEAM_MODEL)]])
+        for k in BEAM_SIZES}
+    key = f"{role} exec (%)"
+    comparisons = [("attention vs none", names["lstm"], names["lstm_attn"], key),
+                   ("frozen vs fine-tuned encoder", names["bert_frozen"], names["bert_finetune"], key)]
+    comparisons += [(f"teacher forcing {a:g} vs {b:g}", f"{names[TF_MODEL]}, teacher forcing {a:g}",
+                     f"{names[TF_MODEL]}, teacher forcing {b:g}", key) for a, b in combinations(TEACHER_FORCING, 2)]
+    comparisons += [(f"beam {a} vs {b}", f"{names[BEAM_MODEL]}, beam {a}", f"{names[BEAM_MODEL]}, beam {b}", key)
+                    for a, b in combinations(BEAM_SIZES, 2)]
+    return SeedNoise(table, comparisons)
 
 
 def _pct(value: float) -> str:
@@ -167,11 +224,15 @@ def _columns(split: str) -> list[str]:
 
 
 def build_report(config: MathqaConfig, results: dict[str, dict], decoded: dict[str, dict[str, dict]],
-                 splits: list[str], names: dict[str, str], out: Path) -> Report:
-    """The study's report; ``names`` maps each model kind to what the report calls it."""
+                 splits: list[str], names: dict[str, str], out: Path, notice: str = "",
+                 noise: SeedNoise | None = None) -> Report:
+    """The study's report of `results` (one run per variant); ``names`` maps each model kind to what the
+    report calls it, `notice` says which runs are missing, and `noise` adds the seed section."""
     figures = out / "figures"
     eval_split = splits[-1]
     report = Report("MathQA: word problems to programs")
+    if notice:
+        report.text(notice)
     first = results[model_run(KINDS[0])]
     sizes = {"train": len(data.load_split(data_dir(config) / "train.json"))}
     sizes |= {name: len(load_submission(first["path"] / "predictions" / f"{name}.json")) for name in splits}
@@ -234,6 +295,8 @@ def build_report(config: MathqaConfig, results: dict[str, dict], decoded: dict[s
         "`<run>/predictions/<split>_beam<k>_<grammar|free>.json` are the other decodings above. Runs: "
         + ", ".join(f"`{name}`" for name in results) + "."
     )
+    if noise is not None:
+        noise.add_to(report)
     report.heading("Settings of every run")
     report.settings("decoding in the study", {
         "beam_size": config.beam_size, "beam_sizes_of_2.3.3": list(BEAM_SIZES), "length_penalty": config.length_penalty,
@@ -241,7 +304,7 @@ def build_report(config: MathqaConfig, results: dict[str, dict], decoded: dict[s
         "teacher_forcing_of_2.3.2": list(TEACHER_FORCING),
     })
     for name, run in results.items():
-        report.settings(name, run["config"])
+        report.settings(name, run["config"], read_provenance(run["path"]))
     return report
 
 
@@ -444,4 +507,5 @@ DEMO_BERT = {"epochs": 2, "max_steps_per_epoch": 12, "max_wordpieces": 64, "warm
 def demo(out: Path, force: bool = False) -> Report:
     """The study at CPU size on generated problems (`col775 demo`)."""
     config = load_config(MathqaConfig, "mathqa", "demo", {})
-    return run_study(config, out, force=force, overrides={"bert_frozen": DEMO_BERT, "bert_finetune": DEMO_BERT})
+    return run_study(config, out, StudyOptions(force=force),
+                     overrides={"bert_frozen": DEMO_BERT, "bert_finetune": DEMO_BERT})

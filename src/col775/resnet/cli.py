@@ -6,6 +6,7 @@ import argparse
 import json
 
 from col775.core.config import add_config_args, config_from_args
+from col775.core.study import add_study_args, study_options
 from col775.resnet.config import STUDY_FIELDS, ResnetConfig
 
 # torchrun's own parser takes `--n` for a prefix of its `--nnodes`; this spelling passes through it.
@@ -13,10 +14,16 @@ ALIASES = {"n": "--blocks-per-stage"}
 
 
 def _train(args: argparse.Namespace) -> int:
+    from col775.resnet.study import train_or_record_divergence
     from col775.resnet.train import train
 
     config = config_from_args(ResnetConfig, args, "resnet")
-    metrics = train(config, args.out, force=args.force)
+    if args.record_divergence:
+        record = train_or_record_divergence(config, args.out, args.force)
+        if record is not None:
+            print(json.dumps({"diverged": record}, indent=2))
+            return 0
+    metrics = train(config, args.out, force=args.force and not args.record_divergence)
     print(json.dumps({split: metrics[split] for split in ("train", "val", "test")}, indent=2))
     return 0
 
@@ -35,8 +42,9 @@ def _study(args: argparse.Namespace) -> int:
     from col775.resnet.study import run_study
 
     config = config_from_args(ResnetConfig, args, "resnet")
-    run_study(config, args.out, force=args.force)
-    print(f"report: {args.out}/report.html")
+    options = study_options(args)
+    run_study(config, args.out, options)
+    print(f"plan: {options.plan}" if options.plan else f"report: {args.out}/report.html")
     return 0
 
 
@@ -48,6 +56,9 @@ def register(commands) -> None:
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     train.add_argument("--out", default="runs/resnet", help="run folder (the same folder resumes)")
     train.add_argument("--force", action="store_true", help="train again even if the run finished")
+    train.add_argument("--record-divergence", action="store_true",
+                       help="as in a study: a loss that becomes NaN or inf is written to OUT/diverged.json and "
+                            "the command ends normally (the study reports the run as diverged)")
     add_config_args(train, ResnetConfig, skip=STUDY_FIELDS, aliases=ALIASES)
     train.set_defaults(handler=_train)
 
@@ -69,6 +80,6 @@ def register(commands) -> None:
 
     study = verbs.add_parser("study", help="every variant, the batch-size study, Grad-CAM and a report")
     study.add_argument("--out", default="runs/resnet-study", help="folder of the study's runs and report")
-    study.add_argument("--force", action="store_true", help="train every run again")
+    add_study_args(study)
     add_config_args(study, ResnetConfig, aliases=ALIASES)
     study.set_defaults(handler=_study)

@@ -4,7 +4,10 @@ Runs, each a run folder under the study's output folder:
     norm-<kind>          every kind of `study_norms` at the configured batch size: torch_bn is the
                          model of section 1.1, bn/in/bin/ln/gn/nn the six variants of section 2
     batch-<kind>-b<B>    BN and GN at each of `study_batch_sizes`, with early stopping on val accuracy
-Then Grad-CAM on the run with the best val accuracy, and one report with every number and setting.
+With several seeds each becomes `<run>/seed-<k>` (core/seeds.py); the report's tables and curves show each
+variant's first seed, and its seed section every seed. The runs train in this process, side by side in
+worker processes, or from a plan of `col775 resnet train` lines (core/study.py). Then Grad-CAM on the
+single run with the best val accuracy, and one report with every number and setting.
 A run whose loss goes NaN or inf is recorded as diverged (`diverged.json` in its folder) and reported
 so; the study goes on with the others and does not train it again unless `force` is given.
 """
@@ -20,7 +23,10 @@ import numpy as np
 
 from col775.core.plots import line_plot
 from col775.core.report import Report
+from col775.core.provenance import read_provenance
 from col775.core.runs import RunDir, atomic_write_json, read_run
+from col775.core.seeds import SeedNoise, by_variant, first_seed, seeded
+from col775.core.study import StudyOptions, Trainer, finished_runs, missing_notice, train_runs, write_plan
 from col775.core.training import NonFiniteLossError, pick_device
 from col775.resnet.config import ResnetConfig, run_fields
 from col775.resnet.gradcam import gradcam_grids, match_classes
@@ -44,31 +50,52 @@ def study_runs(config: ResnetConfig) -> dict[str, ResnetConfig]:
     return runs
 
 
-def run_study(config: ResnetConfig, out: str | Path, force: bool = False) -> Report:
+TRAINER_FLAGS = ("--record-divergence",)  # a plan line records a NaN loss as the study does
+
+
+def run_study(config: ResnetConfig, out: str | Path, options: StudyOptions = StudyOptions()) -> Report | None:
     """Train every run (resuming or skipping finished ones), then Grad-CAM, then the report.
 
-    The Grad-CAM class names are matched to the data's class folders first, so a name that matches
-    none stops the study before it trains anything.
+    `options` picks seeds, side-by-side processes, a plan of commands instead of training (returns None)
+    or a report of what has finished. The Grad-CAM class names are matched to the data's class folders
+    first, so a name that matches none stops the study before it trains anything. Grad-CAM shows the
+    single run with the best val accuracy, over every seed.
     """
     out = Path(out)
     info = make_loaders(config).info
     chosen = match_classes(config.gradcam_classes, info.classes, info.root / "train")
-    runs = study_runs(config)
-    diverged = {}
-    for name, run_config in runs.items():
-        log.info("study run %s", name)
-        record = train_or_record_divergence(run_config, out / name, force)
-        if record is not None:
-            diverged[name] = read_run(out / name) | {"diverged": record}
-    results = {name: read_run(out / name) for name in runs if name not in diverged}
+    runs = seeded(study_runs(config), options.seeds)
+    trainer = Trainer("resnet", train_or_record_divergence, TRAINER_FLAGS)
+    if options.plan is not None:
+        write_plan(runs, out, trainer, options.plan, options.force)
+        return None
+    failures = {} if options.report_only else train_runs(runs, out, trainer, options)
+    diverged = {name: read_run(out / name) | {"diverged": record} for name, run_config in runs.items()
+                if (record := recorded_divergence(run_config, out / name)) is not None}
+    results = finished_runs(runs, out)
     if not results:
-        raise NonFiniteLossError(f"every run of the study in {out} diverged; lower --lr or set --grad-clip")
+        if len(diverged) == len(runs):
+            raise NonFiniteLossError(f"every run of the study in {out} diverged; lower --lr or set --grad-clip")
+        failed = "; ".join(f"{name} {why}" for name, why in failures.items())
+        raise FileNotFoundError(f"no run of the study in {out} has finished"
+                                + (f"; failed: {failed}" if failed else "; train them first (without --report-only)"))
+    notice = missing_notice([n for n in runs if n not in results and n not in diverged], failures)
     best_name = max(results, key=lambda n: results[n]["metrics"]["val"]["accuracy"])
-    report = build_report(config, results, out, diverged)
-    add_gradcam(report, config, runs[best_name], out / best_name, out / "gradcam", chosen)
+    shown = {key: run for key, (_, run) in first_seed(results).items()}
+    report = build_report(config, shown, out, diverged, notice, seed_noise(results))
+    add_gradcam(report, config, best_name, runs[best_name], out / best_name, out / "gradcam", chosen)
     path = report.write(out)
     log.info("report written to %s", path)
     return report
+
+
+def recorded_divergence(config: ResnetConfig, run_dir: Path) -> dict | None:
+    """The run's diverged.json record, if it diverged with these settings and has not finished since."""
+    path = run_dir / "diverged.json"
+    if not path.is_file() or (run_dir / "metrics.json").is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record if record["settings"] == json.loads(json.dumps(run_fields(config))) else None
 
 
 def train_or_record_divergence(config: ResnetConfig, run_dir: Path, force: bool) -> dict | None:
@@ -78,22 +105,39 @@ def train_or_record_divergence(config: ResnetConfig, run_dir: Path, force: bool)
     the study again reports the run as diverged without training it; `force`, new settings or a
     metrics.json written since (the run finished after all) make it train as usual.
     """
+    run_dir = Path(run_dir)
+    if not force and (record := recorded_divergence(config, run_dir)) is not None:
+        return record
     path = run_dir / "diverged.json"
-    settings = json.loads(json.dumps(run_fields(config)))
-    if path.is_file() and not force and not (run_dir / "metrics.json").is_file():
-        record = json.loads(path.read_text())
-        if record["settings"] == settings:
-            return record
     path.unlink(missing_ok=True)
     try:
         train(config, run_dir, force=force)
     except RunDiverged as error:
         log.warning("%s diverged; the study goes on without it: %s", run_dir, error)
         record = {"epoch": error.epoch, "last_finite_loss": error.last_finite_loss, "error": str(error),
-                  "settings": settings}
+                  "settings": json.loads(json.dumps(run_fields(config)))}
         atomic_write_json(path, record)
         return record
     return None
+
+
+def seed_noise(results: dict[str, dict]) -> SeedNoise | None:
+    """Val and test accuracy (%) of every variant over its seeds, and the assignment's comparisons on test
+    accuracy; None when no variant has more than one seed."""
+    groups = by_variant(results)
+    if all(len(group) < 2 for group in groups.values()):
+        return None
+    labels = {key: _label(key, next(iter(group.values()))) for key, group in groups.items()}
+    scores = {labels[key]: {f"{split} acc (%)": [100 * run["metrics"][split]["accuracy"] for run in group.values()]
+                            for split in ("val", "test")} for key, group in groups.items()}
+    pairs = [("torch BN vs our BN", "norm-torch_bn", "norm-bn")]
+    pairs += [(f"{NAMES[kind]} vs BN", f"norm-{kind}", "norm-bn") for kind in ("in", "bin", "ln", "gn", "nn")]
+    for kind in ("bn", "gn"):
+        sizes = sorted((int(key.rsplit("-b", 1)[1]), key) for key in groups if key.startswith(f"batch-{kind}-"))
+        if len(sizes) >= 2:
+            pairs.append((f"{kind.upper()} at batch {sizes[0][0]} vs {sizes[-1][0]}", sizes[0][1], sizes[-1][1]))
+    comparisons = [(what, labels[a], labels[b], "test acc (%)") for what, a, b in pairs if a in labels and b in labels]
+    return SeedNoise(scores, comparisons)
 
 
 def diverged_text(record: dict) -> str:
@@ -115,9 +159,14 @@ def _label(name: str, run: dict) -> str:
     return f"{NAMES.get(config['norm'], config['norm'])}, batch {config['batch_size']}"
 
 
-def build_report(config: ResnetConfig, results: dict[str, dict], out: Path, diverged: dict[str, dict]) -> Report:
+def build_report(config: ResnetConfig, results: dict[str, dict], out: Path, diverged: dict[str, dict],
+                 notice: str = "", noise: SeedNoise | None = None) -> Report:
+    """The study's report of `results` (one run per variant); `notice` says which runs are missing, and
+    `noise` adds the seed section."""
     figures = out / "figures"
     report = Report("ResNet normalisation study")
+    if notice:
+        report.text(notice)
     first = next(iter(results.values()))["metrics"]
     data = first["data"]
     nested = data.get("from_subfolders", {})  # absent from runs made before sub-folders were read
@@ -180,9 +229,11 @@ def build_report(config: ResnetConfig, results: dict[str, dict], out: Path, dive
         add_batch_study(report, results, batch_runs, figures)
     report.heading("Observations")
     report.text(observations(results))
+    if noise is not None:
+        noise.add_to(report)
     report.heading("Settings of every run")
     for name, run in (results | diverged).items():
-        report.settings(name, run["config"])
+        report.settings(name, run["config"], read_provenance(run["path"]))
     return report
 
 
@@ -248,7 +299,7 @@ def observations(results: dict[str, dict]) -> str:
     return " ".join(parts)
 
 
-def add_gradcam(report: Report, config: ResnetConfig, best: ResnetConfig, run_dir: Path, out: Path,
+def add_gradcam(report: Report, config: ResnetConfig, name: str, best: ResnetConfig, run_dir: Path, out: Path,
                 chosen: list[str]) -> None:
     """Grad-CAM grids of the best run on validation images of the chosen class folders."""
     device = pick_device(best.device)
@@ -256,7 +307,7 @@ def add_gradcam(report: Report, config: ResnetConfig, best: ResnetConfig, run_di
     model = build_model(best, loaders.info.num_classes).to(device)
     RunDir(run_dir, run_fields(best)).load_best({"model": model})
     val = evaluate(model, loaders.val, device, best.amp, "Grad-CAM predictions")
-    report.heading(f"Grad-CAM of the best model ({run_dir.name})")
+    report.heading(f"Grad-CAM of the best model ({name})")
     maps = gradcam_grids(model, loaders.val.dataset, val.predictions, val.labels, loaders.info.classes, chosen,
                          config.gradcam_per_kind, out, device)
     short = [f"{m.name} ({m.correct} correct, {m.wrong} wrong)" for m in maps
@@ -303,4 +354,4 @@ def demo(out: Path, force: bool = False) -> Report:
     from col775.core.config import load_config
 
     config = load_config(ResnetConfig, "resnet", "demo", {})
-    return run_study(config, out, force=force)
+    return run_study(config, out, StudyOptions(force=force))
