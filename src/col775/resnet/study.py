@@ -24,7 +24,7 @@ from col775.core.runs import RunDir, atomic_write_json, read_run
 from col775.core.training import NonFiniteLossError, pick_device
 from col775.resnet.config import ResnetConfig, run_fields
 from col775.resnet.gradcam import gradcam_grids, match_classes
-from col775.resnet.train import RunDiverged, build_model, evaluate, make_loaders, train
+from col775.resnet.train import RunDiverged, amp_enabled, build_model, evaluate, make_loaders, train
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def add_gradcam(report: Report, config: ResnetConfig, best: ResnetConfig, run_di
     loaders = make_loaders(best)
     model = build_model(best, loaders.info.num_classes).to(device)
     RunDir(run_dir, run_fields(best)).load_best({"model": model})
-    val = evaluate(model, loaders.val, device, loaders.info.num_classes, best.amp, "Grad-CAM predictions")
+    val = evaluate(model, loaders.val, device, loaders.info.num_classes, amp_enabled(best, device), "Grad-CAM predictions")
     report.heading(f"Grad-CAM of the best model ({run_dir.name})")
     maps = gradcam_grids(model, loaders.val.dataset, val.predictions, val.labels, loaders.info.classes, chosen,
                          config.gradcam_per_kind, out, device)

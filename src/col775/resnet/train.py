@@ -170,8 +170,17 @@ def summarise(losses: list[float], predictions: list[np.ndarray], labels: list[n
     )
 
 
+def fast_formats(config: ResnetConfig, device: torch.device) -> bool:
+    """Whether `amp` and `channels_last` apply on `device`: always on CUDA, on the CPU with `cpu_bf16`."""
+    return device.type == "cuda" or config.cpu_bf16
+
+
+def amp_enabled(config: ResnetConfig, device: torch.device) -> bool:
+    return config.amp and fast_formats(config, device)
+
+
 def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 @torch.no_grad()
@@ -211,7 +220,7 @@ def train_epoch(model, loader, optimizer, scheduler, config: ResnetConfig, devic
         if limit and step >= limit:
             break
         images, targets = _to_device(images, targets, device, augment)
-        with _autocast(device, config.amp):
+        with _autocast(device, amp_enabled(config, device)):
             logits = model(images)
         loss = F.cross_entropy(logits.float(), targets)
         try:
@@ -262,9 +271,11 @@ def train(config: ResnetConfig, out: str | Path, force: bool = False) -> dict:
     loaders = make_loaders(config)
     num_classes = loaders.info.num_classes
     model = build_model(config, num_classes).to(device)
-    if device.type == "cuda" and config.channels_last:
+    if config.channels_last and fast_formats(config, device):
         model = model.to(memory_format=torch.channels_last)
     net = nn.parallel.DistributedDataParallel(model) if _distributed() else model
+    if config.compile:
+        net = torch.compile(net)
     optimizer = build_optimizer(config, model)
     steps = min(len(loaders.train), config.max_steps_per_epoch or len(loaders.train))
     scheduler = build_scheduler(config, optimizer, steps)
@@ -283,7 +294,7 @@ def train(config: ResnetConfig, out: str | Path, force: bool = False) -> dict:
             loaders.train.generator.manual_seed(config.seed + epoch)  # resumed run sees the same batches
         trained, rate = train_epoch(net, loaders.train, optimizer, scheduler, config, device, num_classes, epoch)
         rates.append(rate)
-        val = evaluate(net, loaders.val, device, num_classes, config.amp, f"epoch {epoch + 1} val")
+        val = evaluate(net, loaders.val, device, num_classes, amp_enabled(config, device), f"epoch {epoch + 1} val")
         improved = stopper.step(val.accuracy)
         record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "images_per_second": rate}
         record |= {f"train/{k}": v for k, v in trained.numbers().items()}
@@ -298,7 +309,7 @@ def train(config: ResnetConfig, out: str | Path, force: bool = False) -> dict:
             dist.broadcast(tensor, 0)
     final = {}
     for split in ("train", "val", "test"):
-        final[split] = evaluate(net, getattr(loaders, split), device, num_classes, config.amp, f"final {split}").numbers()
+        final[split] = evaluate(net, getattr(loaders, split), device, num_classes, amp_enabled(config, device), f"final {split}").numbers()
     history = run.history()
     metrics = final | {
         "best_epoch": best["epoch"],
