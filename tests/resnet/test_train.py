@@ -150,3 +150,20 @@ def test_compile_trains_to_the_same_losses_as_eager(tmp_path, monkeypatch):
     losses = [[json.loads(line)["train/loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
               for run in ("eager", "compiled")]
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+@pytest.mark.parametrize("cpu_bf16", [False, True])
+def test_cpu_bf16_trains_in_bf16_and_channels_last_only_when_asked(tmp_path, monkeypatch, cpu_bf16):
+    seen = []
+    real_build = train_module.build_model
+
+    def spied(config, num_classes):
+        model = real_build(config, num_classes)
+        model.stem.conv.register_forward_hook(
+            lambda _m, _i, out: seen.append((out.dtype, out.is_contiguous(memory_format=torch.channels_last)))
+        )
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", spied)
+    train(tiny(tmp_path, epochs=1, max_steps_per_epoch=1, cpu_bf16=cpu_bf16), tmp_path / "run")
+    assert seen and set(seen) == {(torch.bfloat16, True) if cpu_bf16 else (torch.float32, False)}
