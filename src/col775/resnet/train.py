@@ -176,6 +176,7 @@ def fast_formats(config: ResnetConfig, device: torch.device) -> bool:
 
 
 def amp_enabled(config: ResnetConfig, device: torch.device) -> bool:
+    """Whether training and evaluation on `device` run under bf16 autocast."""
     return config.amp and fast_formats(config, device)
 
 
