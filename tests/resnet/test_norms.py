@@ -347,3 +347,48 @@ def test_cuda_bf16_autocast_computes_in_float32(kind: str) -> None:
     assert y.dtype == torch.float32
     want = make_norm(kind, C).cuda()(x.to(torch.bfloat16).float())
     torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)], ids=["float64", "float32"]
+)
+@pytest.mark.parametrize("case", list(REFERENCES))
+def test_compiled_path_matches_pytorch(case: str, dtype: torch.dtype, tol: float, monkeypatch) -> None:
+    """The plain-tensor-op path that torch.compile traces, run eagerly, against PyTorch's layers."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    test_matches_pytorch_train_then_eval(case, dtype, tol)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_compiled_path_of_batch_instance_norm(training: bool, monkeypatch) -> None:
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    test_batch_instance_norm_matches_mix_of_pytorch_norms(training)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled_path"])
+@pytest.mark.parametrize("case", ["bn", "in", "ln", "gn4", "bin_rho1", "bin_rho0"])
+def test_cpu_bf16_autocast_matches_pytorch_in_float32(case: str, compiled: bool, monkeypatch) -> None:
+    """Under CPU bf16 autocast, on channels_last input, statistics and arithmetic are float32.
+
+    The reference is PyTorch's layer in float32 on the same bf16-rounded input; the compiled path
+    rounds its output to the input's bf16, as PyTorch's own batch norm does.
+    """
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiled)
+    torch.manual_seed(6)
+    ours, ref = build_pair(case, torch.float32)
+    x = (torch.randn(4, C, 6, 5) * 2.0 + 3.0).to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(x.shape)
+    x_ours = x.detach().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ours(x_ours)
+    y.float().backward(grad)
+    # a bf16 output receives its gradient in bf16
+    ref_grad = grad.to(torch.bfloat16).float() if compiled else grad
+    want, want_dx, want_dw, want_db = step(ref, x.float(), ref_grad)
+    assert y.dtype == (torch.bfloat16 if compiled else torch.float32)
+    tol = 1e-2 if compiled else 1e-5  # bf16 keeps 8 significant bits
+    torch.testing.assert_close(y.float(), want, atol=tol, rtol=tol)
+    torch.testing.assert_close(x_ours.grad.float(), want_dx, atol=1e-2, rtol=1e-2)  # dx is bf16
+    torch.testing.assert_close(ours.weight.grad, want_dw, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.bias.grad, want_db, atol=1e-4, rtol=1e-4)

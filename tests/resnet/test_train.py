@@ -2,8 +2,10 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -208,3 +210,43 @@ def test_device_augmentation_reads_uint8_batches_and_trains(tmp_path, monkeypatc
     loaders = train_module.make_loaders(tiny(tmp_path, augment="device"))
     images, _ = next(iter(loaders.val))
     assert images.dtype == torch.uint8
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on the CPU needs a C++ compiler (g++)")
+def test_compile_trains_to_the_same_losses_as_eager(tmp_path, monkeypatch):
+    """`--compile` runs the whole model as compiled graphs (no breaks at the norms), with eager's losses."""
+    from torch._dynamo.utils import counters
+
+    compiled_models = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: compiled_models.append(model) or real_compile(model))
+    config = tiny(tmp_path, norm="gn", epochs=1, max_steps_per_epoch=2, synthetic_train_per_class=2)
+    eager = train(config, tmp_path / "eager")
+    assert not compiled_models
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = train(replace(config, compile=True), tmp_path / "compiled")
+    assert len(compiled_models) == 1 and counters["stats"]["unique_graphs"] >= 1
+    assert not counters["graph_break"]
+    for split in ("train", "val", "test"):
+        assert compiled[split]["loss"] == pytest.approx(eager[split]["loss"], rel=1e-4)
+    losses = [[json.loads(line)["train/loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+              for run in ("eager", "compiled")]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+@pytest.mark.parametrize("cpu_bf16", [False, True])
+def test_cpu_bf16_trains_in_bf16_and_channels_last_only_when_asked(tmp_path, monkeypatch, cpu_bf16):
+    seen = []
+    real_build = train_module.build_model
+
+    def spied(config, num_classes):
+        model = real_build(config, num_classes)
+        model.stem.conv.register_forward_hook(
+            lambda _m, _i, out: seen.append((out.dtype, out.is_contiguous(memory_format=torch.channels_last)))
+        )
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", spied)
+    train(tiny(tmp_path, epochs=1, max_steps_per_epoch=1, cpu_bf16=cpu_bf16), tmp_path / "run")
+    assert seen and set(seen) == {(torch.bfloat16, True) if cpu_bf16 else (torch.float32, False)}

@@ -48,8 +48,10 @@ class ResnetConfig:
     # machinery
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bf16 autocast, on CUDA only
-    channels_last: bool = True  # on CUDA only
+    amp: bool = True  # bf16 autocast, on CUDA (on the CPU too with cpu_bf16)
+    channels_last: bool = True  # on CUDA (on the CPU too with cpu_bf16)
+    cpu_bf16: bool = False  # amp and channels_last on the CPU as well: pays only where it has bf16 arithmetic (AVX512-BF16, AMX)
+    compile: bool = False  # torch.compile the model (on the CPU it needs a C++ compiler)
     # study
     study_norms: list[str] = field(default_factory=lambda: ["torch_bn", "bn", "in", "bin", "ln", "gn", "nn"])
     study_batch_sizes: list[int] = field(default_factory=lambda: [8, 128])

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.metrics import confusion_matrix
 
 from col775.core.config import from_dict
@@ -20,7 +21,8 @@ from col775.core.runs import RunDir, atomic_write_json, read_run
 from col775.core.training import pick_device
 from col775.resnet.config import ResnetConfig
 from col775.resnet.data import CachedImageDataset, _class_folders, eval_loader, load_split
-from col775.resnet.train import Evaluation, build_model, cache_root, evaluate, make_loaders
+from col775.resnet.train import (Evaluation, amp_enabled, build_model, cache_root, evaluate, fast_formats,
+                                 make_loaders)
 
 _OWN_SPLITS = {"train": "train_eval", "val": "val", "test": "test"}
 
@@ -60,8 +62,10 @@ def score_run(run_dir: str | Path, data: str | Path, split: str = "test", device
         loader = eval_loader(folder_dataset(_split_folder(data, split), classes, config), config.eval_batch_size)
     target = pick_device(device or config.device)
     model = build_model(config, len(classes)).to(target)
+    if config.channels_last and fast_formats(config, target):  # as in training, so the numbers are the same
+        model = model.to(memory_format=torch.channels_last)
     RunDir(run_dir, run["config"], rank=1).load_best({"model": model})  # rank 1: reads, writes nothing
-    return evaluate(model, loader, target, config.amp, f"evaluate {split}"), classes
+    return evaluate(model, loader, target, amp_enabled(config, target), f"evaluate {split}"), classes
 
 
 def write_details(evaluation: Evaluation, classes: list[str], out: str | Path) -> dict:

@@ -30,7 +30,7 @@ from col775.core.study import StudyOptions, Trainer, finished_runs, missing_noti
 from col775.core.training import NonFiniteLossError, pick_device
 from col775.resnet.config import ResnetConfig, run_fields
 from col775.resnet.gradcam import gradcam_grids, match_classes
-from col775.resnet.train import CURVES, RunDiverged, build_model, evaluate, make_loaders, plot_curves, train
+from col775.resnet.train import CURVES, RunDiverged, amp_enabled, build_model, evaluate, make_loaders, plot_curves, train
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ def add_gradcam(report: Report, config: ResnetConfig, name: str, best: ResnetCon
     loaders = make_loaders(best)
     model = build_model(best, loaders.info.num_classes).to(device)
     RunDir(run_dir, run_fields(best)).load_best({"model": model})
-    val = evaluate(model, loaders.val, device, best.amp, "Grad-CAM predictions")
+    val = evaluate(model, loaders.val, device, amp_enabled(best, device), "Grad-CAM predictions")
     report.heading(f"Grad-CAM of the best model ({name})")
     maps = gradcam_grids(model, loaders.val.dataset, val.predictions, val.labels, loaders.info.classes, chosen,
                          config.gradcam_per_kind, out, device)

@@ -193,8 +193,18 @@ class _Outputs:
         return join(self.losses, np.float32), join(self.predictions, np.int64), join(self.labels, np.int64)
 
 
+def fast_formats(config: ResnetConfig, device: torch.device) -> bool:
+    """Whether `amp` and `channels_last` apply on `device`: always on CUDA, on the CPU with `cpu_bf16`."""
+    return device.type == "cuda" or config.cpu_bf16
+
+
+def amp_enabled(config: ResnetConfig, device: torch.device) -> bool:
+    """Whether training and evaluation on `device` run under bf16 autocast."""
+    return config.amp and fast_formats(config, device)
+
+
 def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 @torch.no_grad()
@@ -238,7 +248,7 @@ def train_epoch(model, loader, optimizer, scheduler, config: ResnetConfig, devic
         if limit and step >= limit:
             break
         images, targets = _to_device(images, targets, device, augment)
-        with _autocast(device, config.amp):
+        with _autocast(device, amp_enabled(config, device)):
             logits = model(images)
         loss = F.cross_entropy(logits.float(), targets)
         try:
@@ -278,9 +288,13 @@ def train(config: ResnetConfig, out: str | Path, force: bool = False) -> dict:
     loaders = make_loaders(config)
     num_classes = loaders.info.num_classes
     model = build_model(config, num_classes).to(device)
-    if device.type == "cuda" and config.channels_last:
+    if config.channels_last and fast_formats(config, device):
         model = model.to(memory_format=torch.channels_last)
-    net = nn.parallel.DistributedDataParallel(model) if is_distributed() else model
+    compiled = torch.compile if config.compile else (lambda module: module)
+    # Evaluation runs on the bare model: under DDP each rank's unpadded shard may be a batch short of another's.
+    scorer = compiled(model)
+    net = compiled(nn.parallel.DistributedDataParallel(model)) if is_distributed() else scorer
+    amp = amp_enabled(config, device)
     optimizer = build_optimizer(config, model)
     steps = min(len(loaders.train), config.max_steps_per_epoch or len(loaders.train))
     scheduler = build_scheduler(config, optimizer, steps)
@@ -300,8 +314,8 @@ def train(config: ResnetConfig, out: str | Path, force: bool = False) -> dict:
         trained, rate = train_epoch(net, loaders.train, optimizer, scheduler, config, device, epoch)
         rates.append(rate)
         broadcast_from_rank0(model.buffers())  # the BN statistics each rank's last step left, made rank 0's
-        sample = evaluate(model, loaders.train_sample, device, config.amp, f"epoch {epoch + 1} train sample")
-        val = evaluate(model, loaders.val, device, config.amp, f"epoch {epoch + 1} val")
+        sample = evaluate(scorer, loaders.train_sample, device, amp, f"epoch {epoch + 1} train sample")
+        val = evaluate(scorer, loaders.val, device, amp, f"epoch {epoch + 1} val")
         improved = stopper.step(val.accuracy)
         record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "images_per_second": rate}
         record |= {f"train_aug/{k}": v for k, v in trained.numbers().items()}
@@ -315,7 +329,7 @@ def train(config: ResnetConfig, out: str | Path, force: bool = False) -> dict:
     best = run.load_best({"model": model}) if run.writes else {"epoch": None}
     broadcast_from_rank0(model.state_dict().values())  # every rank evaluates the best weights rank 0 loaded
     final = {
-        split: evaluate(model, loader, device, config.amp, f"final {split}").summary()
+        split: evaluate(scorer, loader, device, amp, f"final {split}").summary()
         for split, loader in (("train", loaders.train_eval), ("val", loaders.val), ("test", loaders.test))
     }
     history = run.history()
