@@ -244,3 +244,16 @@ def test_torchrun_two_ranks_train_like_one_process_of_their_global_batch_resume_
     assert {f"dev/{name}": value for name, value in dev.items()} == {f"dev/{name}": history[-1][f"dev/{name}"]
                                                                      for name in dev}
     assert train.split_loss(model, loader, cpu) == history[-1]["dev/loss"]
+
+
+@pytest.mark.parametrize("kind", ["bert_frozen", "bert_finetune"])
+def test_amp_trains_the_encoder_models_with_a_bf16_memory(folder, kind):
+    """Under amp the pretrained encoder hands the attention a bf16 memory while the decoder's gradient
+    arrives in float32; a training step must still run, and agree with float32 to bf16's precision."""
+    losses = {}
+    for amp in (False, True):
+        config = tiny(folder, model=kind, amp=amp, max_steps_per_epoch=2, teacher_forcing=1.0, dropout=0.0)
+        model, loader, optimizer, scheduler = fresh_training(config)
+        losses[amp] = train.train_epoch(model, loader, optimizer, scheduler, config, torch.device("cpu"), 0)[0]
+        assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+    assert losses[True] == pytest.approx(losses[False], rel=0.03)

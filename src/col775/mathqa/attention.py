@@ -20,6 +20,10 @@ gradient; the memory's gradient is then formed in two batched products once ever
 backward has run. Autograd guarantees that order: ``_MemoryGradient`` produced the scalar
 every step takes as an input, so its backward runs after all of theirs. The tests compare
 every parameter's gradient with the plain formula's.
+
+Under bf16 autocast the memory may arrive in bf16 (a pretrained encoder's output) while the
+gradients come back in float32, so the deferred products run in float32 with autocast off, and
+each gradient is handed back in the dtype of the tensor it belongs to (float64 stays float64).
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask
     return torch.bmm(scores.softmax(-1), values)
 
 
+def _wide(tensor: torch.Tensor) -> torch.Tensor:
+    """bf16 or float16 as float32; float32 and float64 as they are."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 class SharedMemory:
     """One sequence's keys, values and mask, attended by every decoder step with a deferred gradient.
 
@@ -43,7 +52,8 @@ class SharedMemory:
     """
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor):
-        self.keys, self.values, self.mask = keys.detach(), values.detach(), mask
+        self.keys, self.values, self.mask = _wide(keys.detach()), _wide(values.detach()), mask
+        self.dtypes = keys.dtype, values.dtype
         self.factors: list[tuple[torch.Tensor, ...]] = []  # filled by the steps' backward
         self.link = _MemoryGradient.apply(keys, values, self)  # a 0-dim zero tied to keys and values
 
@@ -56,7 +66,8 @@ class SharedMemory:
             return None, None
         d_scores, queries, weights, d_context = (torch.cat(parts, dim=1) for parts in zip(*self.factors))
         self.factors.clear()
-        return d_scores.transpose(1, 2).bmm(queries), weights.transpose(1, 2).bmm(d_context)
+        keys_dtype, values_dtype = self.dtypes
+        return d_scores.transpose(1, 2).bmm(queries).to(keys_dtype), weights.transpose(1, 2).bmm(d_context).to(values_dtype)
 
 
 class _MemoryGradient(torch.autograd.Function):
@@ -75,18 +86,22 @@ class _MemoryGradient(torch.autograd.Function):
 class _Attend(torch.autograd.Function):
     @staticmethod
     def forward(ctx, queries, link, memory):
-        scores = torch.bmm(queries, memory.keys.transpose(1, 2)).masked_fill(~memory.mask.unsqueeze(1), float("-inf"))
-        weights = scores.softmax(-1)
-        ctx.save_for_backward(queries, weights)
-        ctx.memory = memory
-        return torch.bmm(weights, memory.values)
+        ctx.queries_dtype = queries.dtype
+        with torch.autocast(queries.device.type, enabled=False):
+            queries = _wide(queries)
+            scores = torch.bmm(queries, memory.keys.transpose(1, 2)).masked_fill(~memory.mask.unsqueeze(1), float("-inf"))
+            weights = scores.softmax(-1)
+            ctx.save_for_backward(queries, weights)
+            ctx.memory = memory
+            return torch.bmm(weights, memory.values)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_context):
         queries, weights = ctx.saved_tensors
         memory = ctx.memory
+        d_context = _wide(d_context)
         d_weights = torch.bmm(d_context, memory.values.transpose(1, 2))  # [M, g, S]
         d_scores = weights * (d_weights - (d_weights * weights).sum(-1, keepdim=True))  # softmax backward
         memory.factors.append((d_scores, queries, weights, d_context))
-        return torch.bmm(d_scores, memory.keys), d_context.new_zeros(()), None
+        return torch.bmm(d_scores, memory.keys).to(ctx.queries_dtype), d_context.new_zeros(()), None
