@@ -263,9 +263,10 @@ class RunDir:
         }
         buffer = io.BytesIO()  # serialised first, so that every write goes through atomic_write_bytes
         torch.save(state, buffer)
+        data = buffer.getvalue()
         if best:
-            atomic_write_bytes(self.checkpoint_dir / "best.pt", buffer.getvalue())
-        atomic_write_bytes(self.checkpoint_dir / "last.pt", buffer.getvalue())
+            atomic_write_bytes(self.checkpoint_dir / "best.pt", data)
+        atomic_write_bytes(self.checkpoint_dir / "last.pt", data)
 
     def _load(self, name: str) -> dict | None:
         """The checkpoint `name`, loaded with `weights_only=True`: tensors, numbers, strings, lists and dicts

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
@@ -78,8 +77,7 @@ def data_root(config: ResnetConfig) -> Path:
             seed=config.seed,
             class_names=BIRDS25_CLASSES,
         )
-    if is_distributed():
-        dist.barrier()
+    barrier()
     return root
 
 
