@@ -95,6 +95,21 @@ def test_tiny_study_end_to_end(tmp_path, capsys):
     assert "the encoder gets no gradient" in md and "number-index embedding" in md
     assert "| dev, also used for model selection: EM | " in md and "| test: EM |" in md
 
+    # summary.json: the test numbers of each run's metrics.json and of its cached decodings
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["split"] == "test"
+    for kind in KINDS:
+        metrics = json.loads((out / f"model-{kind}" / "metrics.json").read_text())["test"]
+        cached = json.loads((out / f"model-{kind}" / "decodings.json").read_text())["scores"]
+        for key in ("execution_accuracy", "exact_match"):
+            assert summary[f"{kind}_{key}"] == metrics[key]
+            assert summary[f"{kind}_grammar_{key}"] == cached["test_beam10_grammar"][key]
+    for k in BEAM_SIZES:
+        cached = json.loads((out / "model-bert_finetune" / "decodings.json").read_text())["scores"]
+        assert summary[f"bert_finetune_beam{k}_execution_accuracy"] == cached[f"test_beam{k}_free"]["execution_accuracy"]
+    tf = json.loads((out / "tf-0.3" / "metrics.json").read_text())["test"]
+    assert summary["lstm_attn_tf0.3_execution_accuracy"] == tf["execution_accuracy"]
+
     # the same command again trains and decodes nothing
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*.json")}
     run_study(config, out, overrides=overrides)

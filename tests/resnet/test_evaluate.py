@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from col775.cli import main
 from col775.resnet.train import train
@@ -63,3 +64,58 @@ def test_a_class_the_run_does_not_know_is_an_error_naming_it(trained, capsys):
     shutil.copytree(Path(metrics["data"]["root"]) / "test" / "Cattle-Egret", strange / "Dodo")
     code, _, err = evaluate_cli(capsys, str(tmp_path / "run"), "--data", str(tmp_path / "strange"))
     assert code == 2 and err.startswith("col775: error:") and "Dodo" in err and len(err.splitlines()) == 1
+
+
+# ---------------------------------------------------------------- exported weights
+
+
+def test_an_exported_file_alone_scores_as_its_run_folder(trained, capsys):
+    """`col775 resnet export` writes tensors and plain data only (it loads with weights_only=True) and
+    `evaluate FILE` gives the run's own numbers, and the PIL/sklearn reference on a new folder."""
+    tmp_path, config, metrics = trained
+    file = tmp_path / "exported" / "best.pt"
+    assert main(["resnet", "export", str(tmp_path / "run"), str(file)]) == 0
+    capsys.readouterr()
+    content = torch.load(file, weights_only=True)
+    assert content["classes"] == metrics["data"]["classes"] and content["config"]["norm"] == config.norm
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=False)["objects"]["model"]
+    assert content["model"].keys() == best.keys()
+    assert all(torch.equal(content["model"][k], best[k].float()) for k in best)
+    assert file.stat().st_size < 1.1 * sum(t.numel() * t.element_size() for t in best.values()) + 20_000
+
+    for split in ("train", "val", "test"):
+        code, printed, _ = evaluate_cli(capsys, str(file), "--data", metrics["data"]["root"], "--split", split)
+        assert code == 0 and printed == metrics[split], split
+    source = Path(metrics["data"]["root"]) / "test"
+    files, labels = class_files(source, metrics["data"]["classes"])
+    code, printed, _ = evaluate_cli(capsys, str(file), "--data", str(source))
+    assert_scores_match(printed, reference_scores(tmp_path / "run", files, labels, config))
+
+
+def test_a_carved_test_split_is_drawn_again_from_a_copy_of_the_data(tmp_path, capsys):
+    """Data with train/ and val/ only: the run carves its test split from train; scoring the exported file
+    on a copy of that folder elsewhere draws the same test images and reproduces metrics.json."""
+    trained_run = tmp_path / "first"
+    config = tiny(trained_run, epochs=1, synthetic_train_per_class=6)
+    metrics = train(config, trained_run / "run")
+    data = tmp_path / "birds"
+    for split in ("train", "val"):
+        shutil.copytree(Path(metrics["data"]["root"]) / split, data / split)
+    config = tiny(tmp_path, epochs=1, data=str(data), test_fraction=0.2)
+    metrics = train(config, tmp_path / "run")
+    assert metrics["data"]["test_carved"]
+    file = tmp_path / "best.pt"
+    assert main(["resnet", "export", str(tmp_path / "run"), str(file)]) == 0
+    capsys.readouterr()
+    moved = tmp_path / "elsewhere" / "birds"
+    shutil.copytree(data, moved)
+    shutil.rmtree(data)
+    code, printed, _ = evaluate_cli(capsys, str(file), "--data", str(moved), "--split", "test")
+    assert code == 0 and printed == metrics["test"]
+
+
+def test_a_file_that_is_not_an_export_is_one_clear_error(tmp_path, capsys):
+    other = tmp_path / "weights.pt"
+    torch.save({"model": {"w": torch.zeros(2)}}, other)
+    code, _, err = evaluate_cli(capsys, str(other), "--data", str(tmp_path))
+    assert code == 2 and "col775 resnet export" in err and len(err.splitlines()) == 1

@@ -57,6 +57,17 @@ def test_study_writes_a_report_with_tables_curves_and_gradcam(tmp_path):
         assert (out / figure).is_file()
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == md.count("](figures/")
+    # summary.json: every variant's numbers as its metrics.json has them; the best chosen by val accuracy
+    summary = json.loads((out / "summary.json").read_text())
+    scores = {name: json.loads((out / name / "metrics.json").read_text())
+              for name in ("norm-torch_bn", "norm-bn", "norm-gn", "batch-bn-b8", "batch-bn-b32", "batch-gn-b8", "batch-gn-b32")}
+    for name, metrics in scores.items():
+        key = name.removeprefix("norm-").removeprefix("batch-").replace("-", "_")
+        assert summary[f"{key}_val_accuracy"] == metrics["val"]["accuracy"]
+        assert summary[f"{key}_test_accuracy"] == metrics["test"]["accuracy"]
+    best = max(scores, key=lambda name: scores[name]["val"]["accuracy"])
+    assert summary["best_test_accuracy"] == scores[best]["test"]["accuracy"]
+    assert summary["best_val_accuracy"] == max(m["val"]["accuracy"] for m in scores.values())
 
 
 def test_a_gradcam_class_matching_no_folder_stops_the_study_before_training(tmp_path, monkeypatch):
@@ -129,6 +140,9 @@ def test_two_seeds_give_two_folders_per_variant_and_a_mean_std_table(tmp_path, m
         spread = f"{mean:.1f}" if std == 0 else f"{mean:.1f} ± {std:.1f}"
         assert re.search(rf"\| {label} \| 2 \| [^|]+ \| [^|]+ \| {re.escape(spread)} \| {mean - half:.1f} to "
                          rf"{mean + half:.1f} \|", md) or (std == 0 and f"| {label} | 2 |" in md)
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary[f"{variant[5:]}_test_accuracy_mean"] == pytest.approx(mean / 100)
+        assert summary[f"{variant[5:]}_test_accuracy_std"] == pytest.approx(std / 100)
     assert "## Seed noise" in md and "GN vs BN (test acc (%)): GN " in md
     assert "Grad-CAM of the best model (norm-" in md and "/seed-" in md
 

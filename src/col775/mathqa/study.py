@@ -168,9 +168,34 @@ def run_study(config: MathqaConfig, out: str | Path, options: StudyOptions = Stu
         detail = {key: run for key, (_, run) in shown.items()}
         noise = seed_noise(config, results, decoded_runs, names, splits[-1])
         report = build_report(config, detail, decoded, splits, names, out, notice, noise)
+        atomic_write_json(out / "summary.json", study_summary(config, detail, decoded, splits[-1], names))
     path = report.write(out)
     log.info("report written to %s", path)
     return report
+
+
+def study_summary(config: MathqaConfig, runs: dict[str, dict], decoded: dict[str, dict], split: str,
+                  names: dict[str, str]) -> dict[str, Any]:
+    """summary.json: scores (%) on ``split`` of each model at the configured beam and grammar setting (as its
+    metrics.json has them), of each teacher-forcing run, of each model with and without the grammar, and of
+    BEAM_MODEL at each beam size; each variant's first seed."""
+    summary: dict[str, Any] = {
+        "split": split, "split_role": split_role(split), "beam_size": config.beam_size, "grammar": config.grammar,
+        "models": names, "unit": "percent",
+    }
+    for kind in KINDS:
+        scores = runs[model_run(kind)]["metrics"][split]
+        summary |= {f"{kind}_{key}": scores[key] for key, _ in METRICS}
+        for grammar in (False, True):
+            scores = decoded[kind][Decoding(split, config.beam_size, grammar).name]
+            summary |= {f"{kind}_{'grammar' if grammar else 'free'}_{key}": scores[key] for key, _ in METRICS[:2]}
+    for p in TEACHER_FORCING:
+        scores = runs[tf_run(config, p)]["metrics"][split]
+        summary |= {f"{TF_MODEL}_tf{p:g}_{key}": scores[key] for key, _ in METRICS[:2]}
+    for k in BEAM_SIZES:
+        scores = decoded[BEAM_MODEL][Decoding(split, k, config.grammar).name]
+        summary |= {f"{BEAM_MODEL}_beam{k}_{key}": scores[key] for key, _ in METRICS[:2]}
+    return summary
 
 
 def wanted_decodings(config: MathqaConfig, kind: str, splits: list[str]) -> list[Decoding]:

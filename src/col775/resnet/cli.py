@@ -28,6 +28,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from col775.resnet.export import export_run
+
+    meta = export_run(args.run, args.file)
+    print(json.dumps({k: meta[k] for k in ("source_run", "epoch", "val_accuracy", "test_accuracy")} | {"file": args.file}))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from col775.resnet.evaluate import score_run, write_details
 
@@ -70,13 +78,24 @@ def register(commands) -> None:
         "does not know is an error, missing ones are fine. DIR equal to the run's own data folder uses the "
         "run's own splits (its carved test split included), so --split train reproduces metrics.json.",
     )
-    evaluate.add_argument("run", metavar="RUN", help="run folder written by `col775 resnet train`")
+    evaluate.add_argument("run", metavar="RUN", help="run folder written by `col775 resnet train`, or a file "
+                          "written by `col775 resnet export`")
     evaluate.add_argument("--data", metavar="DIR", required=True, help="folder of split folders, or of class folders")
     evaluate.add_argument("--split", default="test", help="split folder to read when DIR has one (default: test)")
     evaluate.add_argument("--out", help="also write this JSON with per-class accuracy and the confusion "
                           "matrix, and the matrix drawn as <stem>_confusion.png beside it")
     evaluate.add_argument("--device", help="device to run on (default: the run's own setting)")
     evaluate.set_defaults(handler=_evaluate)
+
+    export = verbs.add_parser(
+        "export", help="write a finished run's best weights to one small file that evaluate reads",
+        description="Write RUN's best checkpoint as FILE: the model's tensors (float32) with the run's settings, "
+        "class names and source as plain data, all loadable with torch.load(weights_only=True). "
+        "`col775 resnet evaluate FILE --data DIR` then scores it as it scores the run folder.",
+    )
+    export.add_argument("run", metavar="RUN", help="run folder written by `col775 resnet train`")
+    export.add_argument("file", metavar="FILE", help="where the weights go (e.g. results/resnet/best.pt)")
+    export.set_defaults(handler=_export)
 
     study = verbs.add_parser("study", help="every variant, the batch-size study, Grad-CAM and a report")
     study.add_argument("--out", default="runs/resnet-study", help="folder of the study's runs and report")

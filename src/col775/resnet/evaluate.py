@@ -4,12 +4,17 @@ The folder is read as ``DIR/<split>/<Class>/<image>`` when ``DIR/<split>`` exist
 itself holds the class folders. Class folders are matched to the run's classes by name: a folder the run
 does not know is an error naming it, while classes the folder lacks are fine (their images are simply
 absent). When ``DIR`` is the run's own data folder the run's own splits are used, its carved test
-split included, so `--split train` reproduces metrics.json's train numbers.
+split included, so `--split train` reproduces metrics.json's train numbers. The same holds for a copy of
+that folder elsewhere (one with ``train/`` and without the split's folder: the carved test split is drawn
+again exactly as the run drew it). The weights come from a run folder or from the file `col775 resnet export`
+writes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,6 +26,7 @@ from col775.core.runs import RunDir, atomic_write_json, read_run
 from col775.core.training import pick_device
 from col775.resnet.config import ResnetConfig
 from col775.resnet.data import CachedImageDataset, _class_folders, eval_loader, load_split
+from col775.resnet.export import read_export
 from col775.resnet.train import (Evaluation, amp_enabled, build_model, cache_root, evaluate, fast_formats,
                                  make_loaders)
 
@@ -47,24 +53,48 @@ def folder_dataset(folder: Path, classes: list[str], config: ResnetConfig) -> Ca
     return CachedImageDataset(cache)
 
 
-def score_run(run_dir: str | Path, data: str | Path, split: str = "test", device: str | None = None) -> tuple[Evaluation, list[str]]:
-    """The best checkpoint of the run in ``run_dir`` scored on ``split`` of ``data``; returns the
-    evaluation and the run's class names (indices of the predictions and labels)."""
-    run = read_run(run_dir)
+def _trained(source: Path) -> tuple[ResnetConfig, list[str], str, Callable[[torch.nn.Module], None]]:
+    """(settings, class names, the data root it trained on, a loader of its weights) of a run folder or of
+    a file written by `col775 resnet export`."""
+    if source.is_file():
+        config, classes, meta, weights = read_export(source)
+        return config, classes, meta["data_root"], lambda model: model.load_state_dict(weights)
+    run = read_run(source)
     if run["metrics"] is None:
-        raise FileNotFoundError(f"{run_dir} has not finished training (no metrics.json); train it first")
-    config = from_dict(ResnetConfig, run["config"], str(Path(run_dir) / "config.yaml"))
-    classes = run["metrics"]["data"]["classes"]
+        raise FileNotFoundError(f"{source} has not finished training (no metrics.json); train it first")
+    config = from_dict(ResnetConfig, run["config"], str(source / "config.yaml"))
+
+    def load(model: torch.nn.Module) -> None:
+        RunDir(source, run["config"], rank=1).load_best({"model": model})  # rank 1: reads, writes nothing
+
+    return config, run["metrics"]["data"]["classes"], run["metrics"]["data"]["root"], load
+
+
+def _own_splits(data: Path, trained_on: str, split: str) -> bool:
+    """Whether ``split`` of ``data`` means the run's own split: ``data`` is the folder it trained on, or a
+    copy of it elsewhere (a ``train/`` folder and no ``<split>/`` folder, as when the test split was
+    carved from train), so that the split is drawn exactly as the run drew it."""
+    if split not in _OWN_SPLITS:
+        return False
+    if data.resolve() == Path(trained_on).resolve():
+        return True
+    return not (data / split).is_dir() and (data / "train").is_dir()
+
+
+def score_run(source: str | Path, data: str | Path, split: str = "test", device: str | None = None) -> tuple[Evaluation, list[str]]:
+    """The best checkpoint of the run folder (or exported file) ``source`` scored on ``split`` of ``data``;
+    returns the evaluation and the run's class names (indices of the predictions and labels)."""
+    config, classes, trained_on, load_weights = _trained(Path(source))
     data = Path(data).expanduser()
-    if data.resolve() == Path(run["metrics"]["data"]["root"]).resolve() and split in _OWN_SPLITS:
-        loader = getattr(make_loaders(config), _OWN_SPLITS[split])
+    if _own_splits(data, trained_on, split):
+        loader = getattr(make_loaders(dataclasses.replace(config, data=str(data))), _OWN_SPLITS[split])
     else:
         loader = eval_loader(folder_dataset(_split_folder(data, split), classes, config), config.eval_batch_size)
     target = pick_device(device or config.device)
     model = build_model(config, len(classes)).to(target)
     if config.channels_last and fast_formats(config, target):  # as in training, so the numbers are the same
         model = model.to(memory_format=torch.channels_last)
-    RunDir(run_dir, run["config"], rank=1).load_best({"model": model})  # rank 1: reads, writes nothing
+    load_weights(model)
     return evaluate(model, loader, target, amp_enabled(config, target), f"evaluate {split}"), classes
 
 

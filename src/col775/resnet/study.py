@@ -25,7 +25,7 @@ from col775.core.plots import line_plot
 from col775.core.report import Report
 from col775.core.provenance import read_provenance
 from col775.core.runs import RunDir, atomic_write_json, read_run
-from col775.core.seeds import SeedNoise, by_variant, first_seed, seeded
+from col775.core.seeds import SeedNoise, by_variant, first_seed, seeded, variant
 from col775.core.study import StudyOptions, Trainer, finished_runs, missing_notice, train_runs, write_plan
 from col775.core.training import NonFiniteLossError, pick_device
 from col775.resnet.config import ResnetConfig, run_fields
@@ -84,9 +84,43 @@ def run_study(config: ResnetConfig, out: str | Path, options: StudyOptions = Stu
     shown = {key: run for key, (_, run) in first_seed(results).items()}
     report = build_report(config, shown, out, diverged, notice, seed_noise(results))
     add_gradcam(report, config, best_name, runs[best_name], out / best_name, out / "gradcam", chosen)
+    atomic_write_json(out / "summary.json", study_summary(config, results, best_name, diverged))
     path = report.write(out)
     log.info("report written to %s", path)
     return report
+
+
+def summary_key(run_name: str) -> str:
+    """A variant's name in summary.json: "norm-bn" -> "bn", "batch-gn-b8" -> "gn_b8"."""
+    return run_name.removeprefix("norm-").removeprefix("batch-").replace("-", "_")
+
+
+def study_summary(config: ResnetConfig, results: dict[str, dict], best_name: str, diverged: dict) -> dict:
+    """summary.json: each variant's val and test accuracy (first seed; with several seeds also the mean and
+    standard deviation over them) and the variant with the best val accuracy (val chose it; its test
+    accuracy is the held-out number), with the split sizes and settings that produced them."""
+    info = results[best_name]["metrics"]["data"]
+    summary: dict = {
+        "accuracy_unit": "fraction of images",
+        "selection": "best_variant has the best val accuracy of every run (all seeds); test was not used to choose",
+        "test_split": (f"carved from train ({info['test_fraction']:.0%}, seed {config.seed})" if info["test_carved"]
+                       else "the data's own test folder"),
+        "split_sizes": info["split_sizes"],
+        "image_size": config.image_size, "epochs": config.epochs, "n": config.n,
+        "best_variant": summary_key(variant(best_name)),
+        "best_run": best_name,
+        "best_val_accuracy": results[best_name]["metrics"]["val"]["accuracy"],
+        "best_test_accuracy": results[best_name]["metrics"]["test"]["accuracy"],
+        "diverged": sorted(summary_key(name) for name in diverged),
+    }
+    for key, group in by_variant(results).items():
+        for split in ("val", "test"):
+            values = [run["metrics"][split]["accuracy"] for run in group.values()]
+            summary[f"{summary_key(key)}_{split}_accuracy"] = values[0]
+            if len(values) > 1:
+                summary[f"{summary_key(key)}_{split}_accuracy_mean"] = float(np.mean(values))
+                summary[f"{summary_key(key)}_{split}_accuracy_std"] = float(np.std(values, ddof=1))
+    return summary
 
 
 def recorded_divergence(config: ResnetConfig, run_dir: Path) -> dict | None:
