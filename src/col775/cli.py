@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what the user typed, for --publish's command
     try:
         return int(args.handler(args) or 0)
     except (FileNotFoundError, ValueError, ConfigMismatchError, RunFolderError, NonFiniteLossError) as error:

@@ -29,12 +29,13 @@ import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import yaml
 
 from col775.core.config import to_dict
+from col775.core.publish import publish, regenerating_command
 from col775.core.runs import read_run
 from col775.core.seeds import parse_seeds
 
@@ -83,6 +84,19 @@ def add_study_args(parser: argparse.ArgumentParser) -> None:
                              "independent and resumable); then build the report with --report-only")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: build the report from the runs that have finished, naming the missing")
+    parser.add_argument("--publish", type=Path, metavar="DIR",
+                        help="after the report: copy report.md (headed by this command), summary.json and the "
+                             "report's figures, under 2 MB and without photographs of the data, to DIR "
+                             "(e.g. results/<study>)")
+
+
+def publish_results(args: argparse.Namespace, out: Path, leave_out: Sequence[str] = ()) -> None:
+    """`--publish DIR`: the finished report of the study in ``out`` as a small results folder."""
+    if args.publish is None or args.plan is not None:
+        return
+    command = regenerating_command(getattr(args, "argv", None) or sys.argv[1:])
+    left_out = publish(out, args.publish, command, leave_out)
+    log.info("results published to %s%s", args.publish, f" (left out: {', '.join(left_out)})" if left_out else "")
 
 
 def study_options(args: argparse.Namespace) -> StudyOptions:

@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 
 from col775.core.config import add_config_args, config_from_args
-from col775.core.study import add_study_args, study_options
+from col775.core.study import add_study_args, publish_results, study_options
 from col775.mathqa import data
 from col775.mathqa.models import KINDS
 from col775.mathqa.score import SubmissionError, load_submission, score_records, write_verdicts
@@ -109,6 +109,7 @@ def _run_study(args: argparse.Namespace) -> int:
     config = config_from_args(MathqaConfig, args, "mathqa")
     options = study_options(args)
     run_study(config, args.out, options)
+    publish_results(args, Path(args.out))
     print(f"plan: {options.plan}" if options.plan else f"report: {Path(args.out) / 'report.html'} and "
                                                         f"{Path(args.out) / 'report.md'}")
     return 0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from col775.core.config import add_config_args, config_from_args
-from col775.core.study import add_study_args, study_options
+from col775.core.study import add_study_args, publish_results, study_options
 from col775.resnet.config import STUDY_FIELDS, ResnetConfig
 
 # torchrun's own parser takes `--n` for a prefix of its `--nnodes`; this spelling passes through it.
@@ -52,6 +53,7 @@ def _study(args: argparse.Namespace) -> int:
     config = config_from_args(ResnetConfig, args, "resnet")
     options = study_options(args)
     run_study(config, args.out, options)
+    publish_results(args, Path(args.out), leave_out=["*gradcam_*"])  # Grad-CAM grids show the data's photographs
     print(f"plan: {options.plan}" if options.plan else f"report: {args.out}/report.html")
     return 0
 
