@@ -306,6 +306,7 @@ def train(config: ResnetConfig, out: str | Path, force: bool = False) -> dict:
     for epoch in range(start, config.epochs):
         if stopper.should_stop:
             break
+        began = time.perf_counter()
         loaders.set_epoch(epoch)
         if loaders.train.generator is not None:  # the shuffle order depends on the epoch alone, so a
             loaders.train.generator.manual_seed(config.seed + epoch)  # resumed run sees the same batches
@@ -315,7 +316,8 @@ def train(config: ResnetConfig, out: str | Path, force: bool = False) -> dict:
         sample = evaluate(scorer, loaders.train_sample, device, amp, f"epoch {epoch + 1} train sample")
         val = evaluate(scorer, loaders.val, device, amp, f"epoch {epoch + 1} val")
         improved = stopper.step(val.accuracy)
-        record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "images_per_second": rate}
+        record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "images_per_second": rate,
+                  "epoch_seconds": time.perf_counter() - began}  # training and both evaluations
         record |= {f"train_aug/{k}": v for k, v in trained.numbers().items()}
         record |= {f"train/{k}": v for k, v in sample.numbers().items()}
         record |= {f"val/{k}": v for k, v in val.numbers().items()}
