@@ -23,7 +23,6 @@ from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, Subset
 
 from col775.core.distributed import barrier, rank, shard_indices, world_size
-
 from col775.slots.config import SlotsConfig
 from col775.slots.data import LoaderInfo, SceneDataset, load_dataset
 from col775.slots.scenes import write_scene_folder
@@ -115,7 +114,8 @@ def make_loaders(config: SlotsConfig) -> Loaders:
         raise ValueError(f"{info.root}: the validation split has {len(val)} images; it needs at least "
                          f"{max(2, world_size())} (2, and one per rank)")
     if len(train) < world_size():
-        raise ValueError(f"{info.root}: the training split has {len(train)} images, fewer than the {world_size()} ranks")
+        raise ValueError(f"{info.root}: the training split has {len(train)} images, fewer than the "
+                         f"{world_size()} ranks")
     common = dict(num_workers=config.num_workers, persistent_workers=config.num_workers > 0)
     shuffle = torch.Generator()  # seeded for each epoch by epoch_batches
     whole = config.batch_size * world_size()

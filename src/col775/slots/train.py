@@ -114,7 +114,8 @@ def validate(model: SlotModel, loader: DataLoader, device: torch.device, seed: i
     total, count = 0.0, 0
     for batch in progress(loader, f"{desc} loss"):
         images = batch["image"].to(device)
-        total += float(model.loss(images, example_generators(batch["index"].tolist(), VAL_LOSS_STREAM, seed))) * len(images)
+        noise = example_generators(batch["index"].tolist(), VAL_LOSS_STREAM, seed)
+        total += float(model.loss(images, noise)) * len(images)
         count += len(images)
     total, count = np.sum(gather_shards(np.array([total, count], dtype=np.float64)), axis=0)
     scores = evaluate(model, loader, device, desc, miou=False, max_recon_images=None)

@@ -33,7 +33,8 @@ def gaussian(shape: tuple[int, ...] | torch.Size, generator: Noise, device: torc
              dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """N(0, I) noise of `shape` on `device`: row i from the i-th generator when given one per example."""
     if isinstance(generator, Sequence):
-        return torch.stack([torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator]).to(device)
+        rows = [torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator]
+        return torch.stack(rows).to(device)
     source = device if generator is None else generator.device
     return torch.randn(tuple(shape), generator=generator, device=source, dtype=dtype).to(device)
 
@@ -41,7 +42,8 @@ def gaussian(shape: tuple[int, ...] | torch.Size, generator: Noise, device: torc
 def uniform_steps(num_steps: int, count: int, generator: Noise, device: torch.device | str) -> torch.Tensor:
     """`count` timesteps [count] uniform on 0..num_steps-1 (one from each generator when given one per example)."""
     if isinstance(generator, Sequence):
-        return torch.cat([torch.randint(0, num_steps, (1,), generator=g, device=g.device) for g in generator]).to(device)
+        rows = [torch.randint(0, num_steps, (1,), generator=g, device=g.device) for g in generator]
+        return torch.cat(rows).to(device)
     source = device if generator is None else generator.device
     return torch.randint(0, num_steps, (count,), generator=generator, device=source).to(device)
 
