@@ -93,9 +93,9 @@ def test_one_process_may_open_its_own_folder_twice_and_keeps_it_until_the_last_c
 @pytest.mark.parametrize(
     "trainer, config, name",
     [
-        (train_slots, SlotsConfig(device="cpu"), "slots train"),
         (train_vae, SlotsConfig(device="cpu", decoder="diffusion"), "slots train-vae"),
-        (train_slots, SlotsConfig(device="cpu", decoder="diffusion"), "slots train"),
+        # it would train its VQ-VAE first
+        (train_slots, SlotsConfig(device="cpu", decoder="diffusion"), "slots train --decoder diffusion without --vae"),
     ],
 )
 def test_trainers_without_ddp_refuse_a_world_size_above_one(tmp_path, monkeypatch, trainer, config, name):

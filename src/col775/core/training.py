@@ -20,14 +20,13 @@ class NonFiniteLossError(RuntimeError):
     """Training produced NaN or inf; the run stops and keeps its last good checkpoint."""
 
 
-def single_process(command: str) -> None:
+def single_process(command: str, fix: str = "run it without torchrun") -> None:
     """Refuse a `torchrun` launch of a trainer that has no distributed support: each process would train
-    its own copy and write the same run folder."""
+    its own copy and write the same run folder. `fix` says why, and what to do."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1:
         raise ValueError(
-            f"{command} trains in one process only, but WORLD_SIZE is {world_size} (a torchrun launch); "
-            "run it without torchrun"
+            f"{command} trains in one process only, but WORLD_SIZE is {world_size} (a torchrun launch); {fix}"
         )
 
 

@@ -2,7 +2,8 @@
 
 A pixel belongs to the slot whose mask is largest there: the decoder's alpha masks for the spatial
 broadcast decoder, the resized attention maps for the diffusion decoder (`SlotModel.masks`). The
-reconstruction is `SlotModel.explain`'s (sampled, for the diffusion decoder, from `generator`'s noise).
+reconstruction is `SlotModel.explain`'s (sampled, for the diffusion decoder, from each image's own
+generator, seeded by the run's seed and the image's index).
 
 Scores (over images that have them): ARI with the background as one more segment, FG-ARI
 over object pixels only, Hungarian-matched mean IoU of the objects, and the reconstruction
@@ -11,16 +12,68 @@ MSE (mean over pixels and channels, images in [-1, 1]).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from col775.core.distributed import gather_in_order
 from col775.core.training import progress
 from col775.slots.metrics import ari, fg_ari, mean_valid, miou_hungarian
-from col775.slots.slot_model import SlotModel
+from col775.slots.slot_model import SAMPLE_STREAM, SlotModel, example_generators
+
+# The columns of one image's row: its scores (NaN where it has none), its reconstruction's mean squared
+# error over pixels and channels, and whether it was reconstructed / has a mask.
+ARI, FG_ARI, MIOU, MSE, RECONSTRUCTED, MASKED = range(6)
 
 
 @torch.no_grad()
+def example_scores(
+    model: SlotModel,
+    loader: DataLoader,
+    device: torch.device,
+    desc: str = "evaluate",
+    miou: bool = True,
+    max_recon_images: int | None = 0,
+    seed: int | None = None,
+) -> np.ndarray:
+    """[N, 6] float64: one row per image of `loader`, in its order (the columns above).
+
+    The images whose split index ("index") is below `max_recon_images` are reconstructed (0 = all,
+    None = none); with `seed`, each from its own generator (`example_generators`), so its sample is the
+    same in any batch and on any rank."""
+    rows = []
+    for batch in progress(loader, desc):
+        images = batch["image"].to(device)
+        index = batch["index"]
+        recon_count = 0 if max_recon_images is None else len(images)
+        if max_recon_images:
+            recon_count = int((index < max_recon_images).sum())  # a prefix: a loader reads its split in order
+        row = torch.full((len(images), 6), float("nan"), dtype=torch.float64)
+        row[:, RECONSTRUCTED] = torch.arange(len(images)) < recon_count
+        row[:, MASKED] = "mask" in batch
+        if recon_count:
+            noise = None if seed is None else example_generators(index[:recon_count].tolist(), SAMPLE_STREAM, seed)
+            out = model.explain(images[:recon_count], noise)
+            error = (out["recon"].float() - images[:recon_count]) ** 2
+            row[:recon_count, MSE] = error.flatten(1).double().mean(1).cpu()
+            rest = images[recon_count:]
+            masks = torch.cat([out["masks"], model.masks(rest)]) if len(rest) else out["masks"]
+        else:
+            masks = model.masks(images)
+        if "mask" in batch:
+            labels = masks.argmax(dim=1)
+            true = batch["mask"].to(labels.device)
+            if labels.shape != true.shape:
+                raise ValueError(f"predicted labels {tuple(labels.shape)} do not match masks {tuple(true.shape)}")
+            row[:, ARI] = ari(labels, true).cpu()
+            row[:, FG_ARI] = fg_ari(labels, true).cpu()
+            if miou:
+                row[:, MIOU] = miou_hungarian(labels, true).cpu()
+        rows.append(row)
+    return torch.cat(rows).numpy() if rows else np.empty((0, 6))
+
+
 def evaluate(
     model: SlotModel,
     loader: DataLoader,
@@ -28,40 +81,21 @@ def evaluate(
     desc: str = "evaluate",
     miou: bool = True,
     max_recon_images: int | None = 0,
-    generator: torch.Generator | None = None,
+    seed: int | None = None,
 ) -> dict[str, float | int | None]:
-    """Mean ARI, FG-ARI, mIoU and MSE over `loader` ({"image", "mask"?} batches); None where unavailable.
+    """Mean ARI, FG-ARI, mIoU and MSE over `loader` ({"image", "mask"?, "index"} batches); None where
+    unavailable. Under torch.distributed `loader` reads this rank's shard (loaders.own_shard) and the
+    images of every rank are gathered in order, so each counts once; every rank gets the same numbers.
 
-    The MSE is over the first `max_recon_images` images (0 = all, None = none: no reconstruction)."""
-    squared_error, pixels = 0.0, 0
-    scores: dict[str, list[Tensor]] = {"ari": [], "fg_ari": [], "miou": []}
-    images_seen = 0
-    for batch in progress(loader, desc):
-        images = batch["image"].to(device)
-        recon_count = 0 if max_recon_images is None else len(images)
-        if max_recon_images:
-            recon_count = max(0, min(len(images), max_recon_images - images_seen))
-        if recon_count:
-            out = model.explain(images[:recon_count], generator)
-            squared_error += float(((out["recon"].float() - images[:recon_count]) ** 2).sum())
-            pixels += images[:recon_count].numel()
-            rest = images[recon_count:]
-            masks = torch.cat([out["masks"], model.masks(rest)]) if len(rest) else out["masks"]
-        else:
-            masks = model.masks(images)
-        images_seen += len(images)
-        if "mask" in batch:
-            labels = masks.argmax(dim=1)
-            true = batch["mask"].to(labels.device)
-            if labels.shape != true.shape:
-                raise ValueError(f"predicted labels {tuple(labels.shape)} do not match masks {tuple(true.shape)}")
-            scores["ari"].append(ari(labels, true).cpu())
-            scores["fg_ari"].append(fg_ari(labels, true).cpu())
-            if miou:
-                scores["miou"].append(miou_hungarian(labels, true).cpu())
+    The MSE is over the images whose index is below `max_recon_images` (0 = all, None = none: no
+    reconstruction); `seed` seeds each image's sampling noise (see `example_scores`)."""
+    rows = gather_in_order(example_scores(model, loader, device, desc, miou, max_recon_images, seed))
+    masked = rows[:, MASKED] == 1
+    reconstructed = rows[:, RECONSTRUCTED] == 1
     result: dict[str, float | int | None] = {
-        name: mean_valid(torch.cat(values)) if values else None for name, values in scores.items()
+        name: mean_valid(torch.from_numpy(rows[masked, column])) if masked.any() and (miou or column != MIOU) else None
+        for name, column in (("ari", ARI), ("fg_ari", FG_ARI), ("miou", MIOU))
     }
-    result["mse"] = squared_error / pixels if pixels else None
-    result["images"] = images_seen
+    result["mse"] = float(rows[reconstructed, MSE].mean()) if reconstructed.any() else None  # images of one size
+    result["images"] = len(rows)
     return result

@@ -1,5 +1,10 @@
 """The scenes a run trains on, as data loaders: the user's folder or generated scenes (cached once),
 and the seeded batches of each epoch, the same for both decoders and for the VAE.
+
+Under torch.distributed (`torchrun`) `batch_size` is per rank: every rank shuffles the same global
+batches of `batch_size` x world size (those a single process with that batch would take) and reads its
+share of each (`RankShares`); validation is split into unpadded shards (core.distributed.shard_indices).
+Rank 0 generates the scenes and builds their disk cache while the other ranks wait, then they read it.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from typing import Iterator
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, Subset
 
+from col775.core.distributed import barrier, rank, shard_indices, world_size
 from col775.slots.config import SlotsConfig
 from col775.slots.data import LoaderInfo, SceneDataset, load_dataset
 from col775.slots.scenes import write_scene_folder
@@ -59,8 +65,8 @@ def scene_root(config: SlotsConfig) -> Path:
 
 @dataclass
 class Loaders:
-    train: DataLoader  # shuffled, for training
-    val: DataLoader  # in order
+    train: DataLoader  # shuffled, for training (this rank's share of each global batch)
+    val: DataLoader  # in order (this rank's shard)
     library: DataLoader  # the training set in order, for slot libraries
     info: LoaderInfo
 
@@ -78,15 +84,45 @@ def load_data(config: SlotsConfig) -> tuple[SceneDataset, SceneDataset, LoaderIn
     )  # fmt: skip
 
 
+class RankShares(Sampler[list[int]]):
+    """This rank's share of each global batch: every world-size-th index from the rank's position (all
+    of it in one process). Ranks hold equal shares of a full batch; a short one may differ by one."""
+
+    def __init__(self, batches: BatchSampler):
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            yield batch[rank() :: world_size()]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def own_shard(dataset: SceneDataset) -> SceneDataset | Subset:
+    """This rank's unpadded shard of `dataset` (core.distributed.shard_indices); in one process, `dataset`."""
+    return dataset if world_size() == 1 else Subset(dataset, shard_indices(len(dataset)))
+
+
 def make_loaders(config: SlotsConfig) -> Loaders:
+    if rank() != 0:
+        barrier()  # rank 0 generates the scenes and decodes them into the cache first
     train, val, info = load_data(config)
-    if len(val) < 2:
-        raise ValueError(f"{info.root}: the validation split has {len(val)} images; it needs at least 2")
+    if rank() == 0:
+        barrier()
+    if len(val) < max(2, world_size()):
+        raise ValueError(f"{info.root}: the validation split has {len(val)} images; it needs at least "
+                         f"{max(2, world_size())} (2, and one per rank)")
+    if len(train) < world_size():
+        raise ValueError(f"{info.root}: the training split has {len(train)} images, fewer than the "
+                         f"{world_size()} ranks")
     common = dict(num_workers=config.num_workers, persistent_workers=config.num_workers > 0)
+    shuffle = torch.Generator()  # seeded for each epoch by epoch_batches
+    whole = config.batch_size * world_size()
+    batches = BatchSampler(RandomSampler(train, generator=shuffle), whole, drop_last=len(train) > whole)
     return Loaders(
-        train=DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=torch.Generator(),
-                         drop_last=len(train) > config.batch_size, **common),
-        val=DataLoader(val, batch_size=config.eval_batch_size, shuffle=False, **common),
+        train=DataLoader(train, batch_sampler=RankShares(batches), generator=shuffle, **common),
+        val=DataLoader(own_shard(val), batch_size=config.eval_batch_size, shuffle=False, **common),
         library=DataLoader(train, batch_size=config.eval_batch_size, shuffle=False, **common),
         info=info,
     )  # fmt: skip

@@ -150,7 +150,8 @@ def save_state_dict(module: nn.Module, path: Path) -> Path:
 
 def train_vae(config: SlotsConfig, out: str | Path, force: bool = False) -> dict:
     """Train (or resume, or skip when finished) a VQ-VAE in `out`; returns its metrics.json content."""
-    single_process("col775 slots train-vae")
+    single_process("col775 slots train-vae", "its dead-code restarts count code use and draw new codes in one "
+                   "process; run it without torchrun, then give its vae.pt to a torchrun `slots train` as --vae")
     seed_everything(config.seed)
     device = pick_device(config.device)
     run = RunDir(out, vae_run_fields(config), force=force)

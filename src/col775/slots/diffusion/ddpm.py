@@ -10,12 +10,15 @@ The denoiser is any callable `model(z_t [B,C,H,W], t [B] long, cond) -> eps_hat 
     z0_hat = diffusion.ddim_sample(unet, z0.shape, slots, steps=50)  # deterministic, 50 calls
 
 The schedule is computed in float64 and stored in float32 buffers (they follow `.to(device)`).
+Every sampler takes a `generator`, or one generator per example (`Noise`): then example i draws its
+noise from the i-th alone, so its sample does not depend on the batch it was drawn in (on which rank,
+beside which examples).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +26,26 @@ from torch import nn
 from tqdm.auto import tqdm
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+Noise = Union[torch.Generator, Sequence[torch.Generator], None]  # one generator, one per example, or the global one
+
+
+def gaussian(shape: tuple[int, ...] | torch.Size, generator: Noise, device: torch.device | str,
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """N(0, I) noise of `shape` on `device`: row i from the i-th generator when given one per example."""
+    if isinstance(generator, Sequence):
+        rows = [torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator]
+        return torch.stack(rows).to(device)
+    source = device if generator is None else generator.device
+    return torch.randn(tuple(shape), generator=generator, device=source, dtype=dtype).to(device)
+
+
+def uniform_steps(num_steps: int, count: int, generator: Noise, device: torch.device | str) -> torch.Tensor:
+    """`count` timesteps [count] uniform on 0..num_steps-1 (one from each generator when given one per example)."""
+    if isinstance(generator, Sequence):
+        rows = [torch.randint(0, num_steps, (1,), generator=g, device=g.device) for g in generator]
+        return torch.cat(rows).to(device)
+    source = device if generator is None else generator.device
+    return torch.randint(0, num_steps, (count,), generator=generator, device=source).to(device)
 
 
 def linear_betas(num_steps: int = 1000, beta_start: float = 0.0015, beta_end: float = 0.0195) -> torch.Tensor:
@@ -92,22 +115,22 @@ class GaussianDiffusion(nn.Module):
         return _gather(self.recip_sqrt_alphas, t, z_t.dim()) * (z_t - _gather(self.eps_coef, t, z_t.dim()) * eps)
 
     def p_sample(self, model: Denoiser, z_t: torch.Tensor, step: int, cond: Any,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: Noise = None) -> torch.Tensor:
         """One ancestral step z_t -> z_{t-1} at 0-based `step` (no noise is added at step 0)."""
         t = torch.full((z_t.shape[0],), step, device=z_t.device, dtype=torch.long)
         mean = self.p_mean(model, z_t, t, cond)
         if step == 0:
             return mean
-        noise = torch.randn(z_t.shape, generator=generator, device=z_t.device, dtype=z_t.dtype)
+        noise = gaussian(z_t.shape, generator, z_t.device, z_t.dtype)
         return mean + self.sigmas[step] * noise
 
     @torch.no_grad()
     def p_sample_loop(self, model: Denoiser, shape: tuple[int, ...] | torch.Size, cond: Any,
-                      generator: torch.Generator | None = None, progress: bool = True,
+                      generator: Noise = None, progress: bool = True,
                       device: torch.device | str | None = None) -> torch.Tensor:
         """Ancestral sampling (Ho et al. 2020, Algorithm 2): z_T ~ N(0, I), then T denoising steps."""
         device = self.betas.device if device is None else device
-        z = torch.randn(tuple(shape), generator=generator, device=device)
+        z = gaussian(shape, generator, device)
         for step in tqdm(reversed(range(self.num_steps)), total=self.num_steps, disable=not progress,
                          desc="ddpm sampling", leave=False):
             z = self.p_sample(model, z, step, cond, generator)
@@ -121,12 +144,12 @@ class GaussianDiffusion(nn.Module):
 
     @torch.no_grad()
     def ddim_sample(self, model: Denoiser, shape: tuple[int, ...] | torch.Size, cond: Any, steps: int = 50,
-                    eta: float = 0.0, generator: torch.Generator | None = None, progress: bool = False,
+                    eta: float = 0.0, generator: Noise = None, progress: bool = False,
                     device: torch.device | str | None = None) -> torch.Tensor:
         """DDIM (Song et al. 2021) on a subsequence of the timesteps; eta=0 is deterministic and eta=1
         matches DDPM's noise level. The fast option: `steps` model calls instead of T."""
         device = self.betas.device if device is None else device
-        z = torch.randn(tuple(shape), generator=generator, device=device)
+        z = gaussian(shape, generator, device)
         timesteps = self.ddim_timesteps(steps).tolist()
         prev_steps = [-1] + timesteps[:-1]
         for step, prev in tqdm(list(zip(reversed(timesteps), reversed(prev_steps))), disable=not progress,
@@ -139,5 +162,5 @@ class GaussianDiffusion(nn.Module):
             sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
             z = abar_prev.sqrt() * z0_hat + (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt() * eps
             if eta > 0 and prev >= 0:
-                z = z + sigma * torch.randn(z.shape, generator=generator, device=device, dtype=z.dtype)
+                z = z + sigma * gaussian(z.shape, generator, device, z.dtype)
         return z

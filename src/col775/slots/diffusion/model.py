@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from col775.slots.diffusion.ddpm import GaussianDiffusion
+from col775.slots.diffusion.ddpm import GaussianDiffusion, Noise, gaussian, uniform_steps
 from col775.slots.diffusion.unet import UNet, UNetConfig
 from col775.slots.diffusion.vae import VQVAE
 from col775.slots.encoder import SlotEncoder, SlotEncoderConfig
@@ -120,15 +120,15 @@ class SlotDiffusion(nn.Module):
         """The diffusion target z0 [B,C,P,P]: the frozen VAE's latent of `images`, scaled."""
         return self.vae.encode(images) * self._scale()
 
-    def loss(self, images: Tensor, generator: torch.Generator | None = None, t: Tensor | None = None,
+    def loss(self, images: Tensor, generator: Noise = None, t: Tensor | None = None,
              noise: Tensor | None = None) -> Tensor:
         """DDPM noise-prediction MSE of the UNet given this image's slots, at timesteps `t` [B] with
-        `noise` [B,C,P,P]; either left out is drawn (from `generator`, a CPU one, when given)."""
+        `noise` [B,C,P,P]; either left out is drawn (from `generator`, or one generator per example, when given)."""
         z0 = self.latents(images)
         slots, _ = self.encode(images)
         if generator is not None:
-            t = torch.randint(0, self.diffusion.num_steps, (len(images),), generator=generator).to(z0.device)
-            noise = torch.randn(z0.shape, generator=generator).to(z0.device)
+            t = uniform_steps(self.diffusion.num_steps, len(images), generator, z0.device)
+            noise = gaussian(z0.shape, generator, z0.device)
         return self.diffusion.loss(self.unet, z0, slots, t=t, noise=noise)
 
     def masks(self, images: Tensor) -> Tensor:
@@ -136,7 +136,7 @@ class SlotDiffusion(nn.Module):
         return self.encoder.attention_masks(images)
 
     @torch.no_grad()
-    def sample_latents(self, slots: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def sample_latents(self, slots: Tensor, generator: Noise = None) -> Tensor:
         """Sample z0 [B,C,P,P] (scaled) conditioned on `slots` [B,K,D] with the chosen sampler."""
         shape = (slots.shape[0], *self.latent_shape)
         if self.sampler == "ddim":
@@ -146,18 +146,18 @@ class SlotDiffusion(nn.Module):
                                             device=slots.device)  # fmt: skip
 
     @torch.no_grad()
-    def decode(self, slots: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def decode(self, slots: Tensor, generator: Noise = None) -> Tensor:
         """Images [B,3,H,W] in [-1,1] sampled from any slot set [B,K',D] (K' may differ from K)."""
         if slots.dim() != 3 or slots.shape[-1] != self.config.slot_dim:
             raise ValueError(f"decode expects slots [B, K, {self.config.slot_dim}], got {tuple(slots.shape)}")
         return self.vae.decode(self.sample_latents(slots, generator) / self._scale()).clamp(-1.0, 1.0)
 
     @torch.no_grad()
-    def reconstruct(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def reconstruct(self, images: Tensor, generator: Noise = None) -> Tensor:
         """Images [B,3,H,W]: encode to slots, sample a latent from them, decode with the VAE."""
         return self.decode(self.encode(images)[0], generator)
 
     @torch.no_grad()
-    def explain(self, images: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def explain(self, images: Tensor, generator: Noise = None) -> dict[str, Tensor]:
         """recon [B,3,H,W] (sampled) and masks [B,K,H,W] (attention maps); no per-slot images."""
         return {"recon": self.reconstruct(images, generator), "masks": self.masks(images)}
