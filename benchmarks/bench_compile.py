@@ -27,30 +27,37 @@ from col775.slots.config import load_slots_config
 RESNET_NORMS = ("torch_bn", "bn", "gn")
 
 
-def resnet_step(kind: str, compiled: bool, images: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
-    """One SGD step of a fresh ResNet(n=2) with norm `kind`, eager or compiled, as a callable."""
+def resnet_step(kind: str, compiled: bool, images: torch.Tensor, labels: torch.Tensor,
+                amp: bool = False) -> Callable[[], None]:
+    """One SGD step of a fresh ResNet(n=2) with norm `kind`, eager or compiled, on the images' device, as a
+    callable; `amp`: bf16 autocast and channels_last memory, as `resnet train` does on CUDA."""
     torch.manual_seed(0)
-    model = ResNet(2, 25, norm=kind)
+    model = ResNet(2, 25, norm=kind).to(images.device)
+    if amp:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
     forward = torch.compile(model) if compiled else model
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(forward(images), labels).backward()
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = forward(images)
+        F.cross_entropy(logits.float(), labels).backward()
         optimizer.step()
 
     return step
 
 
-def slots_step(preset: str, compiled: bool, batch: int) -> Callable[[], None]:
+def slots_step(preset: str, compiled: bool, batch: int, device: str = "cpu") -> Callable[[], None]:
     """One Adam step of the preset's spatial-broadcast model, eager or compiled, as a callable."""
     config = load_slots_config(preset, {}, "sbd")
     torch.manual_seed(0)
-    model = build_model(config)
+    model = build_model(config).to(device)
     if compiled:
         compile_trainable(model)
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config.lr)
-    images = torch.rand(batch, 3, config.image_size, config.image_size) * 2 - 1
+    images = torch.rand(batch, 3, config.image_size, config.image_size, device=device) * 2 - 1
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)

@@ -291,7 +291,7 @@ def test_scene_styles_train_each_decoder_on_each_style_with_a_table_and_summary_
     (["--scene-styles", "simple,watercolour"], "scene_styles takes each of"),
     (["--scene-style", "watercolour"], "scene_style must be one of"),
 ])
-def test_bad_scene_styles_are_one_clear_error(flags, message, capsys):
-    assert main(["slots", "study", "--out", "unused", *flags]) == 2
+def test_bad_scene_styles_are_one_clear_error(flags, message, capsys, tmp_path):
+    assert main(["slots", "study", "--out", str(tmp_path / "study"), *flags]) == 2
     error = capsys.readouterr().err
     assert error.startswith("col775: error: ") and message in error
