@@ -15,7 +15,8 @@ not once per run. On a CPU each worker gets cores // N threads; with `--gpus 0,1
 
 `--plan FILE` writes each run's settings as a YAML preset (`<study out>/plan/<run>.yaml`) and one line
 per run, `col775 <study> train --preset <that file> --out <study out>/<run>`, which trains the very
-config the study would.
+config the study would. Runs that others read (the slots study's VQ-VAE) come first, with their own
+command, and the plan says to run the rest once they have finished.
 """
 
 from __future__ import annotations
