@@ -84,3 +84,19 @@ def test_study_flags(flags, expected):
 def test_bad_study_flags_are_one_clear_error(flags, message):
     with pytest.raises(ValueError, match=message):
         study_options(build_parser().parse_args(["mathqa", "study", *flags]))
+
+
+def test_a_plan_puts_the_runs_others_need_first_with_their_own_command(tmp_path):
+    needed = {"vae": Config("vae")}
+    runs = {"a": Config("a"), "b": Config("b")}
+    write_plan(runs, tmp_path / "out", Trainer("toy", record_worker), tmp_path / "plan.sh",
+               needs=(needed, Trainer("toy", record_worker, command="train-first")))
+    text = (tmp_path / "plan.sh").read_text()
+    lines = [shlex.split(line) for line in text.splitlines() if not line.startswith("#")]
+    assert [(line[4], line[line.index("--out") + 1]) for line in lines] == [
+        ("train-first", str(tmp_path / "out" / "vae")), ("train", str(tmp_path / "out" / "a")),
+        ("train", str(tmp_path / "out" / "b"))]
+    comments = [line for line in text.splitlines() if line.startswith("#")]
+    assert comments[0].startswith("# 3 runs of the toy study") and "First these" in comments[2]
+    assert text.index("First these") < text.index("train-first") < text.index("once every line above") < text.index(" train ")
+    assert yaml.safe_load((tmp_path / "out" / "plan" / "vae.yaml").read_text()) == {"name": "vae", "fail": False}

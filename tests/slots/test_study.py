@@ -1,9 +1,15 @@
 """The Slot Attention study end to end on tiny configs: its report, its generation cache, both decoders
-with every flag reaching every run, `--vae`, and the CLI."""
+with every flag reaching every run, `--vae`, the CLI, seeds, the VAE trained first, plans, partial reports
+and scene styles."""
 
 import argparse
 import dataclasses
 import json
+import math
+import re
+import shlex
+import statistics
+import sys
 
 import pytest
 import torch
@@ -11,6 +17,8 @@ import yaml
 
 import col775.slots.study as study_module
 import col775.slots.train_vae as train_vae_module
+from col775.cli import main
+from col775.core.study import StudyOptions
 from col775.slots import cli
 from col775.slots.diffusion.vae import VQVAE
 from col775.slots.study import run_study
@@ -149,3 +157,141 @@ def test_cli_trains_either_decoder_and_refuses_unknown_ones():
     assert args.handler is cli._run_train and args.decoder == "diffusion" and args.default_preset == "demo"
     with pytest.raises(SystemExit):
         parser.parse_args(["slots", "study", "--decoder", "transformer"])
+
+
+# ---------------------------------------------------------------- seeds, VAE first, plans, scene styles
+
+
+def both(cache, **changes) -> dict:
+    """Both decoders at the tiny size, the diffusion run without --vae (so the study trains its VAE)."""
+    return {decoder: tiny_config(cache, decoder, epochs=1, **changes) for decoder in ("sbd", "diffusion")}
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """The 95% t-interval of the mean of two values, with t(0.975, df 1) from a t table."""
+    mean, std = statistics.mean(values), statistics.stdev(values)
+    half = 12.706205 * std / math.sqrt(len(values))
+    return mean - half, mean + half
+
+
+def test_two_seeds_give_two_folders_per_run_one_shared_vae_and_a_mean_std_table(cache, tmp_path):
+    out = tmp_path / "study"
+    run_study(both(cache), out, StudyOptions(seeds=[0, 1]))
+    assert (out / "vae" / "vae.pt").is_file() and yaml.safe_load((out / "vae" / "config.yaml").read_text())["seed"] == 0
+    fg_ari = {}
+    for decoder in ("sbd", "diffusion"):
+        assert sorted(p.name for p in (out / decoder).iterdir()) == ["seed-0", "seed-1"]
+        fg_ari[decoder] = []
+        for seed in (0, 1):
+            run = out / decoder / f"seed-{seed}"
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            assert config["seed"] == seed
+            if decoder == "diffusion":  # the study's one VAE, not one trained inside each run
+                assert config["vae"] == str((out / "vae" / "vae.pt").resolve()) and not (run / "vae").exists()
+            fg_ari[decoder].append(100 * json.loads((run / "metrics.json").read_text())["fg_ari"])
+    md = (out / "report.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    for decoder, label in (("sbd", "spatial broadcast"), ("diffusion", "latent diffusion")):
+        values = fg_ari[decoder]
+        low, high = t_interval(values)
+        spread = f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+        assert re.search(rf"\| {label} \| 2 \| {re.escape(spread)} \| {low:.1f} to {high:.1f} \|", md), (label, spread)
+        assert summary[f"{decoder}_fg_ari"] == pytest.approx(statistics.mean(values) / 100)
+        assert summary[f"{decoder}_fg_ari_std"] == pytest.approx(statistics.stdev(values) / 100)
+    (a_low, a_high), (b_low, b_high) = t_interval(fg_ari["sbd"]), t_interval(fg_ari["diffusion"])
+    verdict = "within seed noise" if a_low <= b_high and b_low <= a_high else "differs beyond seed noise"
+    assert (f"spatial broadcast vs latent diffusion (FG-ARI (%)): spatial broadcast "
+            f"{statistics.mean(fg_ari['sbd']):.1f} ± {statistics.stdev(fg_ari['sbd']):.1f} against latent diffusion "
+            f"{statistics.mean(fg_ari['diffusion']):.1f} ± {statistics.stdev(fg_ari['diffusion']):.1f}: {verdict}.") in md
+    assert "trained by this study first" in md
+
+
+def plan_lines(plan) -> list[list[str]]:
+    return [shlex.split(line) for line in plan.read_text().splitlines() if not line.startswith("#")]
+
+
+def test_plan_trains_the_vae_first_its_lines_give_the_study_report_and_report_only_names_the_missing(
+        cache, tmp_path, capsys):
+    preset = tmp_path / "tiny.yaml"
+    values = dataclasses.asdict(tiny_config(cache, epochs=1))
+    preset.write_text(yaml.safe_dump({k: v for k, v in values.items() if k != "decoder"}))
+    out, plan = tmp_path / "study", tmp_path / "plan.sh"
+    study = ["slots", "study", "--preset", str(preset), "--decoder", "both", "--out", str(out)]
+    assert main([*study, "--plan", str(plan)]) == 0
+    text = plan.read_text()
+    lines = plan_lines(plan)
+    assert [line[:5] for line in lines] == [[sys.executable, "-m", "col775", "slots", verb]
+                                            for verb in ("train-vae", "train", "train")]
+    assert [line[line.index("--out") + 1] for line in lines] == [str(out.resolve() / n) for n in ("vae", "sbd", "diffusion")]
+    assert text.index("First these") < text.index("train-vae") < text.index("Then, once every line above") < text.index(" train ")
+    assert not (out / "sbd").exists()
+
+    assert main([*study, "--report-only"]) == 2
+    assert "no run of the study" in capsys.readouterr().err
+    for line in lines[:2]:  # the VAE and the SBD run, each its own command
+        assert main(line[3:]) == 0
+    assert main([*study, "--report-only"]) == 0
+    md = (out / "report.md").read_text()
+    assert "left out of this report:** diffusion." in md and "| spatial broadcast |" in md
+    assert "| latent diffusion |" not in md
+    assert main(lines[2][3:]) == 0  # reads the VAE the first line trained
+    assert not (out / "diffusion" / "vae").exists()
+    assert main([*study, "--report-only"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for decoder in ("sbd", "diffusion"):  # the report's numbers are each plan-trained run's own
+        metrics = json.loads((out / decoder / "metrics.json").read_text())
+        assert summary[f"{decoder}_fg_ari"] == metrics["fg_ari"] and summary[f"{decoder}_mse"] == metrics["mse"]
+    assert "Incomplete" not in (out / "report.md").read_text()
+
+    direct = tmp_path / "direct"  # the study trained in one call gives the same numbers
+    assert main([*study[:-1], str(direct)]) == 0
+    again = json.loads((direct / "summary.json").read_text())
+    for key in ("sbd_fg_ari", "sbd_mse", "diffusion_fg_ari", "diffusion_mse"):
+        assert again[key] == pytest.approx(summary[key], rel=1e-4, abs=1e-6), key
+
+
+def test_the_vae_trains_before_the_diffusion_runs_and_a_failed_vae_stops_only_them(cache, tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    planned = study_module.study_runs(both(cache), out)
+    calls = []
+
+    def fake_train_runs(runs, folder, trainer, options):
+        calls.append((trainer.command, list(runs)))
+        return {"vae": "ValueError: broken (log x)"} if trainer.command == "train-vae" else {}
+
+    monkeypatch.setattr(study_module, "train_runs", fake_train_runs)
+    failures = study_module.train_in_order(planned.vaes, planned.runs, out, StudyOptions(jobs=2))
+    assert calls == [("train-vae", ["vae"]), ("train", ["sbd"])]
+    assert failures == {"vae": "ValueError: broken (log x)", "diffusion": "its VAE run vae failed"}
+
+
+def test_scene_styles_train_each_decoder_on_each_style_with_a_table_and_summary_keys_each(cache, tmp_path):
+    out = tmp_path / "styles"
+    preset = tmp_path / "tiny.yaml"
+    values = dataclasses.asdict(tiny_config(cache, epochs=1))
+    preset.write_text(yaml.safe_dump({k: v for k, v in values.items() if k != "decoder"}))
+    assert main(["slots", "study", "--preset", str(preset), "--out", str(out), "--scene-styles", "simple,textured"]) == 0
+    assert sorted(p.name for p in out.iterdir() if (p / "config.yaml").is_file()) == ["simple-sbd", "textured-sbd"]
+    summary = json.loads((out / "summary.json").read_text())
+    for style, prefix in (("simple", ""), ("textured", "textured_")):
+        run = out / f"{style}-sbd"
+        assert yaml.safe_load((run / "config.yaml").read_text())["scene_style"] == style
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert summary[f"{prefix}sbd_fg_ari"] == metrics["fg_ari"] and summary[f"{prefix}sbd_ari"] == metrics["ari"]
+    assert "simple_sbd_fg_ari" not in summary
+    md = (out / "report.md").read_text()
+    for style in ("simple", "textured"):
+        table = md.split(f"## Results on the validation set: {style} scenes", 1)[1].split("##", 1)[0]
+        assert table.count("| spatial broadcast |") == 1
+        assert f"## The spatial broadcast decoder ({style} scenes)" in md
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--scene-styles", "simple", "--data", ".", "--image-size", "16"], "drop --scene-styles"),
+    (["--scene-styles", "simple,watercolour"], "scene_styles takes each of"),
+    (["--scene-style", "watercolour"], "scene_style must be one of"),
+])
+def test_bad_scene_styles_are_one_clear_error(flags, message, capsys, tmp_path):
+    assert main(["slots", "study", "--out", str(tmp_path / "study"), *flags]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("col775: error: ") and message in error

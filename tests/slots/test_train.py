@@ -160,3 +160,31 @@ def test_lr_schedule_warms_up_then_decays():
     assert learning_rate(config, 5_000) == pytest.approx(4e-4 * 0.5 * 0.5**0.05)
     assert learning_rate(config, 110_000) == pytest.approx(4e-4 * 0.5**1.1)
     assert learning_rate(dataclasses.replace(config, warmup_steps=0), 0) == 4e-4
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_compile_trains_the_trainable_parts_compiled_to_the_same_losses_as_eager(decoder, cache, tmp_path,
+                                                                                monkeypatch, vae_path):
+    """`--compile` compiles the slot encoder and the decoder (or UNet), not the frozen VAE, each as whole
+    graphs, and trains to eager's losses. The graphs run through AOT autograd without inductor's C++ code
+    generation (minutes on this CPU); benchmarks/bench_compile.py runs the real thing."""
+    from torch._dynamo.utils import counters
+
+    compiled = []
+    real_compile = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self: compiled.append(type(self).__name__) or real_compile(self, backend="aot_eager"))
+    config = tiny_config(cache, decoder, vae=str(vae_path) if decoder == "diffusion" else None, epochs=1,
+                         steps_per_epoch=2, val_every=1)
+    eager = train(config, tmp_path / "eager")
+    assert not compiled
+    torch._dynamo.reset()
+    counters.clear()
+    fast = train(dataclasses.replace(config, compile=True), tmp_path / "compiled")
+    assert compiled == (["SlotEncoder", "SpatialBroadcastDecoder"] if decoder == "sbd" else ["SlotEncoder", "UNet"])
+    assert counters["stats"]["unique_graphs"] >= 2 and not counters["graph_break"]
+    history = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+               for run in ("eager", "compiled")]
+    for key in ("train/loss", "val/loss"):
+        assert [r[key] for r in history[1]] == pytest.approx([r[key] for r in history[0]], rel=1e-4), key
+    assert fast["mse"] == pytest.approx(eager["mse"], rel=1e-4)

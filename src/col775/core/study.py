@@ -15,7 +15,8 @@ not once per run. On a CPU each worker gets cores // N threads; with `--gpus 0,1
 
 `--plan FILE` writes each run's settings as a YAML preset (`<study out>/plan/<run>.yaml`) and one line
 per run, `col775 <study> train --preset <that file> --out <study out>/<run>`, which trains the very
-config the study would.
+config the study would. Runs that others read (the slots study's VQ-VAE) come first, with their own
+command, and the plan says to run the rest once they have finished.
 """
 
 from __future__ import annotations
@@ -61,11 +62,12 @@ class StudyOptions:
 @dataclass(frozen=True)
 class Trainer:
     """How a study trains one of its runs: `train(config, run_dir, force)` in this process, or the
-    `col775 <study> train` command (with `flags` added, e.g. for what a study run does differently)."""
+    `col775 <study> <command>` command (with `flags` added, e.g. for what a study run does differently)."""
 
     study: str
     train: Callable[[Any, Path, bool], Any]
     flags: tuple[str, ...] = ()
+    command: str = "train"
 
 
 def add_study_args(parser: argparse.ArgumentParser) -> None:
@@ -117,7 +119,7 @@ def preset_file(out: Path, name: str) -> Path:
 
 def run_command(trainer: Trainer, out: Path, name: str, force: bool) -> list[str]:
     """The command that trains run `name` of the study in `out` from its preset file."""
-    return [sys.executable, "-m", "col775", trainer.study, "train", "--preset", str(preset_file(out, name)),
+    return [sys.executable, "-m", "col775", trainer.study, trainer.command, "--preset", str(preset_file(out, name)),
             "--out", str(out / name), *trainer.flags, *(["--force"] if force else [])]
 
 
@@ -129,14 +131,26 @@ def write_presets(runs: Mapping[str, Any], out: Path) -> None:
         path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-def write_plan(runs: Mapping[str, Any], out: Path, trainer: Trainer, plan: Path, force: bool = False) -> Path:
-    """One shell line per run in `plan` (absolute paths, so a line runs from any folder)."""
+def write_plan(runs: Mapping[str, Any], out: Path, trainer: Trainer, plan: Path, force: bool = False,
+               needs: tuple[Mapping[str, Any], Trainer] | None = None) -> Path:
+    """One shell line per run in `plan` (absolute paths, so a line runs from any folder).
+
+    `needs` are runs (with their trainer) whose results `runs` read, such as a model they build on: their
+    lines come first, and the plan says to run the others only once those have finished.
+    """
     out = out.resolve()
-    write_presets(runs, out)
+    blocks = ([needs] if needs else []) + [(runs, trainer)]
+    total = sum(len(block) for block, _ in blocks)
     lines = [
-        f"# {len(runs)} runs of the {trainer.study} study in {out}: one independent, resumable run per line.",
+        f"# {total} runs of the {trainer.study} study in {out}: one resumable run per line.",
         "# When they have finished: the same study command with --report-only instead of --plan.",
-    ] + [shlex.join(run_command(trainer, out, name, force)) for name in runs]
+    ]
+    for index, (block, block_trainer) in enumerate(blocks):
+        write_presets(block, out)
+        if needs:
+            lines.append("# First these, which the runs below read:" if index == 0 else
+                         "# Then, once every line above has finished, these (in any order or all at once):")
+        lines += [shlex.join(run_command(block_trainer, out, name, force)) for name in block]
     plan.parent.mkdir(parents=True, exist_ok=True)
     plan.write_text("\n".join(lines) + "\n")
     return plan

@@ -1,6 +1,7 @@
 """The model a run config describes, and the VAE files a diffusion run reads.
 
-`build_model(config, vae)` gives either decoder's model behind the one `SlotModel` interface.
+`build_model(config, vae)` gives either decoder's model behind the one `SlotModel` interface;
+`compile_trainable(model)` is what `--compile` does to it for training.
 `load_vae(path)` reads a plain VQ-VAE state_dict (the course's vae_checkpoint.pth or a `train-vae`
 vae.pt) into a VQ-VAE whose architecture is read from the file's shapes, whatever the preset says.
 """
@@ -11,7 +12,7 @@ import re
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from col775.slots.config import VAE_ARCHS, SlotsConfig
 from col775.slots.diffusion.ddpm import GaussianDiffusion
@@ -86,4 +87,14 @@ def build_model(config: SlotsConfig, vae: VQVAE | None = None) -> SlotModel:
                           config.sampler, config.sampler_steps)  # fmt: skip
     if config.latent_scale > 0:
         model.latent_scale.fill_(config.latent_scale)
+    return model
+
+
+def compile_trainable(model: nn.Module) -> nn.Module:
+    """torch.compile, in place, each part of `model` that has trainable parameters (the slot encoder and
+    the decoder or UNet; a frozen VAE stays eager). In place, the state_dict keeps its keys, so a
+    checkpoint loads into the model eager or compiled; the losses and the optimiser see the same modules."""
+    for part in model.children():
+        if any(p.requires_grad for p in part.parameters()):
+            part.compile()
     return model

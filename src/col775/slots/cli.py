@@ -70,23 +70,30 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def _add_command(commands: argparse._SubParsersAction, name: str, out: str, skip: tuple[str, ...], help: str,
-                 description: str, **defaults) -> argparse.ArgumentParser:
-    """A sub-command taking every config field but `skip` as a flag, with --out and --force."""
+                 description: str, study: bool = False, **defaults) -> argparse.ArgumentParser:
+    """A sub-command taking every config field but `skip` as a flag, with --out and --force (and, for a
+    `study`, the flags every study shares)."""
     from col775.core.config import add_config_args
+    from col775.core.study import add_study_args
     from col775.slots.config import SlotsConfig
 
     parser = commands.add_parser(name, help=help, description=description)
     add_config_args(parser, SlotsConfig, skip=skip)
-    parser.add_argument("--out", default=out, help=f"run folder (the same folder resumes; default {out})")
-    parser.add_argument("--force", action="store_true", help="train again even if the run finished")
+    parser.add_argument("--out", default=out, help=f"{'study' if study else 'run'} folder (the same folder resumes; "
+                                                   f"default {out})")
+    if study:
+        add_study_args(parser)
+    else:
+        parser.add_argument("--force", action="store_true", help="train again even if the run finished")
     parser.set_defaults(**defaults)
     return parser
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
-    from col775.slots.config import EVAL_FIELDS
+    from col775.slots.config import EVAL_FIELDS, STUDY_FIELDS
 
     study_only = tuple(f for f in EVAL_FIELDS if f not in ("sampler", "sampler_steps", "recon_max_images"))
+    study_only += STUDY_FIELDS
     _add_command(
         commands, "train", "runs/slots", study_only, help="train and evaluate one Slot Attention run (--decoder sbd|diffusion)",
         description="Train one run in --out (the same --out resumes it) and write metrics.json with the validation "
@@ -141,19 +148,26 @@ def _run_train_vae(args: argparse.Namespace) -> int:
 def _add_study(commands: argparse._SubParsersAction) -> None:
     parser = _add_command(
         commands, "study", "runs/slots-study", ("decoder",), help="train, masks, compositional generation, FID and a report",
-        description="Train (or reuse) the run of each --decoder (sbd, diffusion or both), then draw slot masks, "
-                    "generate scenes from a K-means slot library, score them with FID against the validation "
-                    "images, and write one report.html. Every config flag reaches every run it trains.",
-        handler=_run_study,
+        description="Train (or reuse) the run of each --decoder (sbd, diffusion or both) on each of --scene-styles "
+                    "(generated scenes; default the one --scene-style), once per --seeds seed; without --vae, a VQ-VAE "
+                    "per style is trained first for the diffusion runs. Then draw slot masks, generate scenes from a "
+                    "K-means slot library, score them with FID against the validation images, and write one "
+                    "report.html and summary.json. Every config flag reaches every run it trains.",
+        handler=_run_study, study=True,
     )  # fmt: skip
     parser.add_argument("--decoder", dest="decoders", choices=("sbd", "diffusion", "both"), default="sbd",
                         help="which decoder(s) to train and report (default sbd)")  # fmt: skip
 
 
 def _run_study(args: argparse.Namespace) -> int:
+    from col775.core.study import study_options
     from col775.slots.study import run_study, study_configs
 
-    run_study(study_configs(args.preset, _overrides(args), args.decoders), Path(args.out), force=args.force)
+    options = study_options(args)
+    run_study(study_configs(args.preset, _overrides(args), args.decoders), Path(args.out), options)
+    if options.plan is not None:
+        print(f"plan: {options.plan}")
+        return 0
     summary = json.loads((Path(args.out) / "summary.json").read_text())
     print(json.dumps(summary, indent=2))
     print(f"report: {Path(args.out) / 'report.html'}")

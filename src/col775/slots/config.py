@@ -28,6 +28,7 @@ from col775.slots.diffusion.model import SAMPLERS
 from col775.slots.diffusion.unet import UNetConfig
 from col775.slots.encoder import SlotEncoderConfig
 from col775.slots.sbd import SlotAutoencoderConfig
+from col775.slots.scenes import SCENE_STYLES
 
 DECODERS = ("sbd", "diffusion")
 VAE_ARCHS = ("course", "small", "tiny")
@@ -47,7 +48,7 @@ DIFFUSION_FIELDS = ("vae",) + VAE_FIELDS + (
 )  # fmt: skip
 # The data fields, with the seed and the device: what a VAE run shares with a decoder run.
 DATA_FIELDS = (
-    "data", "image_size", "n_train", "n_val", "min_objects", "max_objects", "max_train", "max_val",
+    "data", "image_size", "n_train", "n_val", "min_objects", "max_objects", "scene_style", "max_train", "max_val",
     "mask_background", "masks", "crop", "cache_dir", "num_workers", "seed", "device",
 )  # fmt: skip
 # Fields that change only what is done with a trained model, not the model.
@@ -55,6 +56,8 @@ EVAL_FIELDS = (
     "figure_images", "fid", "fid_max_images", "fid_batch_size", "fid_method", "library_max_images", "sampler",
     "sampler_steps", "recon_max_images",
 )  # fmt: skip
+# Fields of the study alone: which runs it trains, not how one run trains.
+STUDY_FIELDS = ("scene_styles",)
 
 
 @dataclass
@@ -66,6 +69,7 @@ class SlotsConfig:
     n_val: int = 1_000
     min_objects: int = 1
     max_objects: int = 10
+    scene_style: str = "textured"  # generated scenes: textured | simple
     max_train: int = 0  # keep the first N training images of `data` (0 keeps all)
     max_val: int = 0
     mask_background: str = "border"  # course masks: "border" or the background colour as "R,G,B"
@@ -126,6 +130,7 @@ class SlotsConfig:
     # machinery
     seed: int = 0
     device: str = "auto"
+    compile: bool = False  # torch.compile the trainable parts for training (on the CPU it needs a C++ compiler)
     # evaluation
     figure_images: int = 4  # validation images shown with every slot's mask
     fid: bool = True
@@ -136,12 +141,14 @@ class SlotsConfig:
     sampler: str = "ancestral"  # diffusion: ancestral (DDPM Algorithm 2, all T steps) | ddim
     sampler_steps: int = 50  # DDIM steps (ancestral sampling always takes num_timesteps)
     recon_max_images: int = 0  # val images reconstructed for the MSE; 0 = all
+    # study: every decoder once per generated scene style listed; [] = scene_style alone
+    scene_styles: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         checks = {
             "decoder": (self.decoder, DECODERS), "fid_method": (self.fid_method, ("fast", "clean-fid")),
             "vae_arch": (self.vae_arch, VAE_ARCHS), "sampler": (self.sampler, SAMPLERS),
-            "beta_schedule": (self.beta_schedule, tuple(SCHEDULES)),
+            "beta_schedule": (self.beta_schedule, tuple(SCHEDULES)), "scene_style": (self.scene_style, SCENE_STYLES),
         }  # fmt: skip
         for name, (value, allowed) in checks.items():
             if value not in allowed:
@@ -154,6 +161,12 @@ class SlotsConfig:
             raise ValueError(f"sampler_steps must be in 1..num_timesteps={self.num_timesteps}, got {self.sampler_steps}")
         if self.data is None and (self.n_train < 1 or self.n_val < 2):
             raise ValueError(f"generated data needs n_train >= 1 and n_val >= 2, got {self.n_train} and {self.n_val}")
+        unknown = [style for style in self.scene_styles if style not in SCENE_STYLES]
+        if unknown or len(set(self.scene_styles)) != len(self.scene_styles):
+            raise ValueError(f"scene_styles takes each of {SCENE_STYLES} at most once, got {self.scene_styles}")
+        if self.data and self.scene_styles:
+            raise ValueError(f"scene styles are kinds of generated scenes, and --data {self.data} is not generated: "
+                             "drop --scene-styles (or scene_styles in the preset)")
 
     def encoder_config(self) -> SlotEncoderConfig:
         """The slot encoder's settings (both decoders use the same)."""
@@ -205,8 +218,8 @@ def decoder_fields(config: SlotsConfig) -> dict:
 
 
 def run_fields(config: SlotsConfig) -> dict:
-    """The settings one training run depends on: its decoder's, and no evaluation field."""
-    return {k: v for k, v in decoder_fields(config).items() if k not in EVAL_FIELDS}
+    """The settings one training run depends on: its decoder's, and no evaluation or study field."""
+    return {k: v for k, v in decoder_fields(config).items() if k not in EVAL_FIELDS + STUDY_FIELDS}
 
 
 def vae_run_fields(config: SlotsConfig) -> dict:

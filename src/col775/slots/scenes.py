@@ -32,6 +32,8 @@ import numpy as np
 from PIL import Image
 
 SHAPES = ("sphere", "cube", "cylinder")
+# textured: CLEVRTex-like (the default); simple: solid colours on one plain background (Multi-dSprites/CLEVR-like)
+SCENE_STYLES = ("textured", "simple")
 PATTERNS = ("noise", "marble", "stripes", "checks", "dots", "rock", "tiles", "rings")
 
 _NOISE_PERIOD = 32  # lattice cells per side of the periodic value-noise table

@@ -1,19 +1,29 @@
-"""The Slot Attention study (`col775 slots study`): one flow for either decoder or both.
+"""The Slot Attention study (`col775 slots study`): one flow for either decoder or both, on one or more
+scene styles, with seeds.
 
-For each decoder asked for: train one run (resuming, or reusing a finished one) in <out>/<decoder>
-and score it (ARI, FG-ARI, mIoU, MSE: `train.train`), draw every slot's mask for a few validation
-images, generate as many new scenes as the validation set has by composing training slots
-(K-means library), score them with FID against the validation images, and write one report
-(report.py). Every decoder is seen only through the `SlotModel` interface. The generation and its
-FID are cached with the checkpoint and sampler they were made from: retraining or another sampler
-makes them again.
+Runs, each a run folder under the study's output folder (core/study.py trains them in this process,
+side by side in worker processes, or writes them as a plan of `col775 slots` lines):
+    <decoder>            each decoder asked for ("sbd", "diffusion"), trained and scored (ARI, FG-ARI,
+                         mIoU, MSE: `train.train`); `<style>-<decoder>` for each of several
+                         generated scene styles (`scene_styles`)
+    vae, <style>-vae     the frozen VQ-VAE the diffusion runs of a style read, when no --vae is given:
+                         trained first (one per style, shared by every seed), then the diffusion runs
+With several seeds each decoder run becomes `<run>/seed-<k>` (core/seeds.py). Then, for the first
+seed of each run: every slot's mask for a few validation images, as many new scenes as the
+validation set has, composed from training slots (K-means library) and scored with FID against the
+validation images; and one report (report.py) with a results table per style and, over seeds,
+mean ± std, 95% intervals and whether SBD and diffusion differ beyond seed noise. Every decoder is
+seen only through the `SlotModel` interface. The generation and its FID are cached with the
+checkpoint and sampler they were made from: retraining or another sampler makes them again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +32,8 @@ import torch
 from col775.core.plots import image_grid
 from col775.core.report import Report
 from col775.core.runs import atomic_write_json, read_run
+from col775.core.seeds import SeedNoise, by_variant, first_seed, seeded
+from col775.core.study import StudyOptions, Trainer, finished_runs, missing_notice, train_runs, write_plan
 from col775.core.training import pick_device, seed_everything
 from col775.slots.config import SlotsConfig, load_slots_config
 from col775.slots.fid import fid_folders, inception_path, write_png_folder
@@ -30,50 +42,144 @@ from col775.slots.loaders import Loaders, make_loaders
 from col775.slots.report import DecoderResult, build_report
 from col775.slots.scenes import MASK_PALETTE
 from col775.slots.slot_model import SlotModel
-from col775.slots.train import checkpoint_fingerprint, load_trained, sampler_key, train
+from col775.slots.train import checkpoint_fingerprint, evaluate_run, load_trained, sampler_key, train
+from col775.slots.train_vae import VAE_FILE, train_vae
 
 log = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("ari", "fg_ari", "miou", "mse")
+SEED_SCORES = (("fg_ari", "FG-ARI (%)"), ("ari", "ARI (%)"), ("miou", "mIoU (%)"))
+TRAINER = Trainer("slots", train)
+VAE_TRAINER = Trainer("slots", train_vae, command="train-vae")
 
 
-def run_study(configs: dict[str, SlotsConfig], out: str | Path, force: bool = False) -> Report:
-    """Train (or reuse) the run of each decoder in `configs` ("sbd" and/or "diffusion", each with its
-    own config), then masks, compositional generation, FID and one report in `out`."""
+@dataclass(frozen=True)
+class StudyRuns:
+    """What the study trains, by run folder name (before seeds): the VAEs first, then the decoder runs."""
+
+    vaes: dict[str, SlotsConfig]
+    runs: dict[str, SlotsConfig]
+
+
+def scene_styles(config: SlotsConfig) -> list[str]:
+    """The generated scene styles a study trains on: `scene_styles`, or `scene_style` alone."""
+    return list(config.scene_styles) or [config.scene_style]
+
+
+def study_runs(configs: dict[str, SlotsConfig], out: Path, vae_seed: int | None = None) -> StudyRuns:
+    """Each decoder of `configs` on each scene style; a diffusion run without `vae` reads the VAE run of
+    its style (trained with `vae_seed`, default its config's seed) from the study folder."""
+    styles = scene_styles(next(iter(configs.values())))
+    vaes, runs = {}, {}
+    for style in styles:
+        prefix = f"{style}-" if len(styles) > 1 else ""
+        for decoder, config in configs.items():
+            config = dataclasses.replace(config, scene_style=style, scene_styles=[])
+            if decoder == "diffusion" and not config.vae:
+                vaes[f"{prefix}vae"] = dataclasses.replace(config, seed=config.seed if vae_seed is None else vae_seed)
+                config = dataclasses.replace(config, vae=str(out.resolve() / f"{prefix}vae" / VAE_FILE))
+            runs[f"{prefix}{decoder}"] = config
+    return StudyRuns(vaes, runs)
+
+
+def run_study(configs: dict[str, SlotsConfig], out: str | Path, options: StudyOptions = StudyOptions()) -> Report | None:
+    """Train (or reuse) the runs of each decoder in `configs` ("sbd" and/or "diffusion", each with its
+    own config), then masks, compositional generation, FID, summary.json and one report in `out`.
+
+    `options` picks seeds, side-by-side processes, a plan of commands instead of training (returns None)
+    or a report of the runs that have finished, naming the missing ones.
+    """
     began = time.perf_counter()
     out = Path(out)
-    if any(config.fid for config in configs.values()):
+    planned = study_runs(configs, out, options.seeds[0] if options.seeds else None)
+    runs = seeded(planned.runs, options.seeds)
+    if options.plan is not None:
+        write_plan(runs, out, TRAINER, options.plan, options.force,
+                   needs=(planned.vaes, VAE_TRAINER) if planned.vaes else None)  # fmt: skip
+        return None
+    if any(config.fid for config in runs.values()):
         inception_path()  # a missing FID network stops the study before training, not after it
-    results: dict[str, DecoderResult] = {}
-    summary: dict = {}
-    for name, config in configs.items():
-        result = study_decoder(config, out, force)
-        results[name] = result
-        metrics = result.run["metrics"]
-        summary |= {f"{name}_{key}": metrics[key] for key in SUMMARY_KEYS}
-        summary |= {f"{name}_fid": result.generation["fid"], f"{name}_sampler": metrics["sampler"]}
+    failures = {} if options.report_only else train_in_order(planned.vaes, runs, out, options)
+    results = finished_runs(runs, out)
+    if not results:
+        failed = "; ".join(f"{name} {why}" for name, why in failures.items())
+        raise FileNotFoundError(f"no run of the study in {out} has finished"
+                                + (f"; failed: {failed}" if failed else "; train them first (without --report-only)"))
+    missing = [name for name in planned.vaes | runs if not (out / name / "metrics.json").is_file()]
+    scores = {name: evaluate_run(runs[name], out / name) for name in results}
+    shown = {key: study_decoder(runs[name], out, name, key, set(planned.vaes), options.force)
+             for key, (name, _) in first_seed(results).items()}
+    summary = summarise(shown, scores, scene_styles(next(iter(configs.values()))))
     summary["wall_seconds"] = time.perf_counter() - began
-    report = build_report(results, summary)
+    report = build_report(shown, summary, missing_notice(missing, failures), seed_noise(shown, scores))
     atomic_write_json(out / "summary.json", summary)
     path = report.write(out)
     log.info("report written to %s", path)
     return report
 
 
-def study_decoder(config: SlotsConfig, out: Path, force: bool) -> DecoderResult:
-    """One decoder's part of the study: its run in out/<decoder>, figures and generation."""
-    run_dir = out / config.decoder
-    metrics = train(config, run_dir, force)
+def train_in_order(vaes: dict[str, SlotsConfig], runs: dict[str, SlotsConfig], out: Path,
+                   options: StudyOptions) -> dict[str, str]:
+    """The VAEs, then the decoder runs; returns {run: why it failed} (a diffusion run whose VAE failed
+    is not started)."""
+    failures = train_runs(vaes, out, VAE_TRAINER, options)
+    blocked = {name: f"its VAE run {Path(config.vae).parent.name} failed" for name, config in runs.items()
+               if config.vae and Path(config.vae).parent.name in failures}
+    return failures | blocked | train_runs({n: c for n, c in runs.items() if n not in blocked}, out, TRAINER, options)
+
+
+def study_decoder(config: SlotsConfig, out: Path, name: str, key: str, vae_runs: set[str], force: bool) -> DecoderResult:
+    """One finished run's part of the report: its scores, figures and generation (named `key`, the run's
+    name without its seed)."""
+    run_dir = out / name
     device = pick_device(config.device)
     model = load_trained(config, run_dir, device)
     loaders = make_loaders(config)
     figures = out / "plots"  # Report.write copies what it uses into out/figures
-    slots_png = slot_figure(model, loaders, config, device, figures / f"{config.decoder}_slots.png")
-    generation = generate(config, model, loaders, out / "generation" / config.decoder, device, force,
+    slots_png = slot_figure(model, loaders, config, device, figures / f"{key}_slots.png")
+    generation = generate(config, model, loaders, out / "generation" / key, device, force,
                           checkpoint_fingerprint(run_dir))  # fmt: skip
     run = read_run(run_dir)
-    run["metrics"] = metrics  # the numbers of this config's sampler, whatever metrics.json was first scored with
-    return DecoderResult(config=config, run=run, generation=generation, slots_png=slots_png)
+    run["metrics"] |= evaluate_run(config, run_dir)  # the numbers of this config's sampler
+    vae = Path(config.vae).parent if config.vae else None
+    return DecoderResult(config=config, run=run, generation=generation, slots_png=slots_png, name=key,
+                         vae_run=read_run(vae) if vae is not None and vae.name in vae_runs else None)
+
+
+def summarise(shown: dict[str, DecoderResult], scores: dict[str, dict], styles: list[str]) -> dict:
+    """summary.json: `<decoder>_<score>` for the first style, `<style>_<decoder>_<score>` for the others;
+    each score the mean over seeds (with `..._std` where there are several), FID and sampler of the first."""
+    summary: dict = {}
+    for key, group in by_variant(scores).items():
+        result = shown[key]
+        style = result.config.scene_style
+        prefix = ("" if style == styles[0] else f"{style}_") + result.config.decoder
+        for score in SUMMARY_KEYS:
+            values = [run[score] for run in group.values()]
+            summary[f"{prefix}_{score}"] = None if None in values else float(np.mean(values))
+            if len(values) > 1:
+                summary[f"{prefix}_{score}_std"] = None if None in values else float(np.std(values, ddof=1))
+        summary |= {f"{prefix}_fid": result.generation["fid"], f"{prefix}_sampler": result.run["metrics"]["sampler"],
+                    f"{prefix}_seeds": len(group)}
+    return summary
+
+
+def seed_noise(shown: dict[str, DecoderResult], scores: dict[str, dict]) -> SeedNoise | None:
+    """FG-ARI, ARI and mIoU (%) of every run over its seeds and, per style, SBD against diffusion; None when
+    no run has more than one seed (or the data has no masks)."""
+    groups = by_variant(scores)
+    if all(len(group) < 2 for group in groups.values()):
+        return None
+    labels = {key: shown[key].label for key in groups}
+    table = {labels[key]: {label: [100 * run[score] for run in group.values()] for score, label in SEED_SCORES
+                           if all(run[score] is not None for run in group.values())}
+             for key, group in groups.items()}
+    comparisons = []
+    for key, result in shown.items():
+        if result.config.decoder == "sbd" and (other := key.replace("sbd", "diffusion")) in shown:
+            comparisons += [("spatial broadcast vs latent diffusion", labels[key], labels[other], label)
+                            for _, label in SEED_SCORES[:2]]
+    return SeedNoise(table, comparisons)
 
 
 # ------------------------------------------------------------------------------------ figures
@@ -174,4 +280,4 @@ def study_configs(preset: str | Path | None, overrides: dict, decoders: str) -> 
 
 def demo(out: Path, force: bool = False) -> Report:
     """Both decoders at CPU size on generated 32x32 scenes, in one report (`col775 demo`)."""
-    return run_study(study_configs("demo", {}, "both"), out, force=force)
+    return run_study(study_configs("demo", {}, "both"), out, StudyOptions(force=force))
