@@ -103,3 +103,13 @@ def test_trainers_without_ddp_refuse_a_world_size_above_one(tmp_path, monkeypatc
     with pytest.raises(ValueError, match=f"{name} trains in one process only, but WORLD_SIZE is 2"):
         trainer(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before it wrote anything
+
+
+def test_the_slots_study_refuses_torchrun_and_says_what_to_launch_instead(tmp_path, monkeypatch, capsys):
+    from col775.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["slots", "study", "--preset", "demo", "--out", str(tmp_path / "study")]) == 2
+    err = capsys.readouterr().err
+    assert "col775 slots study trains in one process only" in err and "--plan" in err
+    assert not (tmp_path / "study").exists()

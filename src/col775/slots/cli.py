@@ -160,11 +160,15 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_study(args: argparse.Namespace) -> int:
-    from col775.core.study import study_options
+    from col775.core.study import publish_results, study_options
+    from col775.core.training import single_process
     from col775.slots.study import run_study, study_configs
 
+    single_process("col775 slots study", "launch `col775 slots train` under torchrun instead (a study's --plan "
+                                         "lists its runs' train commands), then build the report with --report-only")
     options = study_options(args)
     run_study(study_configs(args.preset, _overrides(args), args.decoders), Path(args.out), options)
+    publish_results(args, Path(args.out))
     if options.plan is not None:
         print(f"plan: {options.plan}")
         return 0
