@@ -38,7 +38,7 @@ def _flat(record: dict, prefix: str = "") -> dict:
     for key, value in record.items():
         if isinstance(value, dict):
             flat |= _flat(value, f"{prefix}{key}/")
-        elif "per_second" not in key:
+        elif "per_second" not in key and not key.endswith("seconds"):
             flat[prefix + key] = value
     return flat
 
