@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from col775.cli import build_parser, main
-from col775.core.config import config_from_args, preset_path
+from col775.core.config import PRESETS, config_from_args, load_config, preset_path
 from col775.mathqa import score, synthetic
 from col775.mathqa.models import KINDS
 from col775.mathqa.study import study_settings
@@ -101,6 +101,14 @@ def test_a_presets_model_sections_reach_train_and_every_study_run_under_the_flag
     assert "sections.yaml, section 'bert_finetune:'" in capsys.readouterr().err
     assert main(["mathqa", "study", "--preset", str(preset), "--out", str(tmp_path / "y"), "--plan", str(plan)]) == 2
     assert "learning_rate" in capsys.readouterr().err
+
+
+def test_every_packaged_preset_loads_for_every_model():
+    names = sorted(p.name.removesuffix(".yaml") for p in (PRESETS / "mathqa").iterdir() if p.name.endswith(".yaml"))
+    assert {"course", "cpu", "demo"} <= set(names)
+    for name in names:  # a typo in any section is an error naming the file
+        for kind in KINDS:
+            assert load_config(MathqaConfig, "mathqa", name, {"model": kind}, KINDS, "model").model == kind
 
 
 def test_tiny_train_through_main(tmp_path, capsys):
