@@ -153,6 +153,7 @@ def run_study(config: MathqaConfig, out: str | Path, options: StudyOptions = Stu
               overrides: dict[str, dict[str, Any]] | None = None) -> Report | None:
     """Train every run (resuming or skipping finished ones), decode the variants, write the report.
 
+    `overrides` gives fields per model kind (the preset's sections, :func:`study_settings`).
     `options` picks seeds, side-by-side processes, a plan of commands instead of training (returns None)
     or a report of what has finished; until every variant has a finished run that report lists the
     finished runs' numbers and names the missing ones.
@@ -256,8 +257,8 @@ def build_report(config: MathqaConfig, results: dict[str, dict], decoded: dict[s
         + ", ".join(f"{name} {n} problems" for name, n in sizes.items())
         + f". The models train with teacher forcing {config.teacher_forcing} (unless listed below) and, at the end, "
         f"decode with beam search (k = {config.beam_size}, length penalty {config.length_penalty}) from the "
-        "checkpoint with the best dev execution accuracy under greedy decoding. Dev therefore chose the model, and its scores, labelled "
-        f"'{split_role('dev')}', are not held-out estimates (they may be optimistic)"
+        "checkpoint with the best dev execution accuracy under greedy decoding. Dev therefore chose the model, "
+        f"and its scores, labelled '{split_role('dev')}', are not held-out estimates (they may be optimistic)"
         + ("; test is held out" if "test" in splits else
            ". The data has no test split, so dev also stands in for test wherever the assignment asks for it "
            "(2.3.2 and 2.3.3)")
