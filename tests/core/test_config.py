@@ -124,3 +124,38 @@ def test_broken_preset_is_one_error_line_from_the_cli(tmp_path, capsys):
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("col775: error:")]
     assert len(errors) == 1 and errors[0].startswith(f"col775: error: {preset}: invalid YAML at line 2"), err
+
+
+@dataclass
+class Kinded:
+    kind: str = "small"
+    lr: float = 0.1
+    epochs: int = 3
+
+
+def test_a_preset_section_applies_to_its_kind_over_the_top_level_and_under_the_flags(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("lr: 0.5\nepochs: 4\nsmall:\n  lr: 0.2\nlarge:\n  lr: 0.3\n  epochs: 8\n")
+
+    def load(overrides):
+        return load_config(Kinded, "toy", preset, overrides, ("small", "large"), "kind")
+
+    assert load({}) == Kinded("small", 0.2, 4)  # the default kind's section
+    assert load({"kind": "large"}) == Kinded("large", 0.3, 8)
+    assert load({"kind": "large", "epochs": "2", "lr": None}) == Kinded("large", 0.3, 2)  # a flag beats its section
+    preset.write_text("kind: large\nlarge:\n  epochs: 8\n")
+    assert load({}) == Kinded("large", 0.1, 8)  # the preset's own kind picks the section
+    assert load_config(Kinded, "toy", preset, {}, ("small", "large")) == Kinded("large", 0.1, 3)  # no section field
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("large:\n  learning_rate: 0.3\n", r"p.yaml, section 'large:'.*unknown field.*learning_rate"),
+    ("small:\n  epochs: 1.5\n", r"p.yaml, section 'small:'.*epochs"),  # checked though the run is not of that kind
+    ("large: 3\n", r"p.yaml: 'large:' must be a mapping"),
+    ("huge:\n  lr: 0.3\n", r"p.yaml: unknown field.*huge"),
+])
+def test_bad_sections_name_the_file_and_section(tmp_path, text, match):
+    preset = tmp_path / "p.yaml"
+    preset.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_config(Kinded, "toy", preset, {"kind": "large"}, ("small", "large"), "kind")

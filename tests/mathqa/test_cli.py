@@ -7,8 +7,10 @@ import pytest
 import yaml
 
 from col775.cli import build_parser, main
-from col775.core.config import config_from_args, preset_path
+from col775.core.config import PRESETS, config_from_args, load_config, preset_path
 from col775.mathqa import score, synthetic
+from col775.mathqa.models import KINDS
+from col775.mathqa.study import study_settings
 from col775.mathqa.train import MathqaConfig, epochs_within_budget
 
 
@@ -22,9 +24,10 @@ def parse(*argv: str):
 def test_train_flags_override_the_preset():
     args = parse("train", "--preset", "demo", "--model", "bert_frozen", "--epochs", "3", "--lr", "0.01",
                  "--teacher-forcing", "0.9", "--grammar", "--max-minutes", "2.5", "--out", "somewhere")
-    config = config_from_args(MathqaConfig, args, "mathqa")
+    config = config_from_args(MathqaConfig, args, "mathqa", sections=KINDS, section_field="model")
     assert config.model == "bert_frozen"
     assert (config.epochs, config.lr, config.teacher_forcing) == (3, 0.01, 0.9)
+    assert config.max_wordpieces == 64  # the demo's bert_frozen section
     assert (config.grammar, config.max_minutes) == (True, 2.5)
     demo = yaml.safe_load(preset_path("mathqa", "demo").read_text())
     assert (config.hidden_size, config.synthetic_train) == (demo["hidden_size"], demo["synthetic_train"])  # not overridden
@@ -47,10 +50,65 @@ def test_bad_model_and_bad_values_are_refused(capsys):
 
 def test_study_has_config_flags_but_no_model():
     args = parse("study", "--preset", "demo", "--hidden-size", "32", "--data", "/some/folder")
-    config = config_from_args(MathqaConfig, args, "mathqa")
+    config, sections = study_settings(args.preset, {"hidden_size": args.hidden_size, "data": args.data})
     assert (config.hidden_size, config.data) == (32, "/some/folder")
+    assert sections["bert_frozen"]["max_wordpieces"] == 64 and sections["lstm"] == {}
     with pytest.raises(SystemExit):
         parse("study", "--model", "lstm")
+
+
+SECTIONED = """
+lr: 0.001
+teacher_forcing: 0.6
+lstm_attn:
+  lr: 0.002
+  teacher_forcing: 0.9
+bert_frozen:
+  lr: 0.003
+  batch_size: 64
+bert_finetune:
+  encoder_lr: 0.00005
+"""
+
+
+def test_a_presets_model_sections_reach_train_and_every_study_run_under_the_flags(tmp_path, capsys):
+    preset = tmp_path / "sections.yaml"
+    preset.write_text(SECTIONED)
+
+    def train_config(*flags):
+        args = parse("train", "--preset", str(preset), *flags)
+        return config_from_args(MathqaConfig, args, "mathqa", sections=KINDS, section_field="model")
+
+    assert (train_config("--model", "bert_frozen").lr, train_config("--model", "bert_frozen").batch_size) == (0.003, 64)
+    assert (train_config("--model", "bert_frozen", "--lr", "0.01").lr, train_config().teacher_forcing) == (0.01, 0.9)
+    assert (train_config("--model", "lstm").lr, train_config("--model", "lstm").teacher_forcing) == (0.001, 0.6)
+
+    plan = tmp_path / "plan.sh"
+    assert main(["mathqa", "study", "--preset", str(preset), "--out", str(tmp_path / "study"), "--plan", str(plan),
+                 "--batch-size", "16"]) == 0
+    runs = {path.stem: yaml.safe_load(path.read_text()) for path in (tmp_path / "study" / "plan").glob("*.yaml")}
+    expected = {  # run: (model, lr, teacher forcing, encoder lr); the main lstm_attn run is the tf-0.9 one
+        "model-lstm": ("lstm", 0.001, 0.6, 2e-5), "model-lstm_attn": ("lstm_attn", 0.002, 0.9, 2e-5),
+        "tf-0.3": ("lstm_attn", 0.002, 0.3, 2e-5), "tf-0.6": ("lstm_attn", 0.002, 0.6, 2e-5),
+        "model-bert_frozen": ("bert_frozen", 0.003, 0.6, 2e-5), "model-bert_finetune": ("bert_finetune", 0.001, 0.6, 5e-5),
+    }
+    assert {name: (r["model"], r["lr"], r["teacher_forcing"], r["encoder_lr"]) for name, r in runs.items()} == expected
+    assert {r["batch_size"] for r in runs.values()} == {16}  # the flag beats bert_frozen's section
+    assert len([line for line in plan.read_text().splitlines() if not line.startswith("#")]) == len(expected)
+
+    preset.write_text(SECTIONED + "  learning_rate: 0.1\n")
+    assert main(["mathqa", "train", "--preset", str(preset), "--out", str(tmp_path / "x")]) == 2
+    assert "sections.yaml, section 'bert_finetune:'" in capsys.readouterr().err
+    assert main(["mathqa", "study", "--preset", str(preset), "--out", str(tmp_path / "y"), "--plan", str(plan)]) == 2
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_every_packaged_preset_loads_for_every_model():
+    names = sorted(p.name.removesuffix(".yaml") for p in (PRESETS / "mathqa").iterdir() if p.name.endswith(".yaml"))
+    assert {"course", "cpu", "demo"} <= set(names)
+    for name in names:  # a typo in any section is an error naming the file
+        for kind in KINDS:
+            assert load_config(MathqaConfig, "mathqa", name, {"model": kind}, KINDS, "model").model == kind
 
 
 def test_tiny_train_through_main(tmp_path, capsys):

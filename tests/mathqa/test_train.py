@@ -15,6 +15,7 @@ import yaml
 from col775.core.config import load_config
 from col775.core.runs import ConfigMismatchError
 from col775.mathqa import data, programs, score, synthetic, train
+from col775.mathqa.models import KINDS
 from col775.mathqa.train import MathqaConfig, train_model
 from tests.mathqa.test_resume import KILL_AT_STEP
 
@@ -144,7 +145,7 @@ def test_bert_run_and_presets(folder, tmp_path):
                           tmp_path / "bert")
     assert "execution_accuracy" in metrics["dev"]
     for preset in ("demo", "course"):
-        config = load_config(MathqaConfig, "mathqa", preset, {})
+        config = load_config(MathqaConfig, "mathqa", preset, {}, KINDS, "model")
         assert config.teacher_forcing == 0.6 and config.epochs > 0
 
 

@@ -5,6 +5,7 @@ overridden on the command line without each study writing its own argument parse
 package data (`col775/configs/<study>/<name>.yaml`), so an installed package finds them from any folder.
 A value is converted to its field's type only when nothing is lost (`epochs: 2.0` is 2; `epochs: 1.9`,
 `batch_size: true` and `--epochs 1.5` are errors naming the field and where the value came from).
+A preset may also give values for one kind of run only, in sections named after the kind (`load_config`).
 """
 
 from __future__ import annotations
@@ -137,15 +138,36 @@ def read_preset(path: Traversable) -> dict[str, Any]:
     return loaded
 
 
-def load_config(cls: type[T], study: str, preset: str | Path | None, overrides: dict[str, Any]) -> T:
-    """Defaults of `cls`, then the preset's YAML (if any), then `overrides` (None values are ignored)."""
+def read_sections(cls: type, path: Traversable, sections: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, dict]]:
+    """A preset's values for `cls`, converted and checked: its top level, and each of `sections` (a mapping
+    of fields for one kind of run; {} where the preset has none). An unknown key anywhere names the file."""
     types_ = _field_types(cls)
+    values = read_preset(path)
+    parts = {}
+    for name in sections:
+        part = values.pop(name, None) or {}
+        if not isinstance(part, dict):
+            raise ValueError(f"{path}: '{name}:' must be a mapping of field: value")
+        parts[name] = _checked(types_, part, f"{path}, section '{name}:'")
+    return _checked(types_, values, str(path)), parts
+
+
+def load_config(cls: type[T], study: str, preset: str | Path | None, overrides: dict[str, Any],
+                sections: tuple[str, ...] = (), section_field: str | None = None) -> T:
+    """Defaults of `cls`, then the preset's YAML (if any), then `overrides` (None values are ignored).
+
+    A preset may hold `sections`, named after values of the field `section_field` (a model kind, a
+    decoder): the section of the run's value of that field (from `overrides`, else the preset, else the
+    default) applies over the preset's top level. `overrides` come last, so they win over every section.
+    """
+    given = _checked(_field_types(cls), {k: v for k, v in overrides.items() if v is not None}, "command line")
     values: dict[str, Any] = {}
     if preset is not None:
-        path = preset_path(study, preset)
-        values.update(_checked(types_, read_preset(path), str(path)))
-    values.update(_checked(types_, {k: v for k, v in overrides.items() if v is not None}, "command line"))
-    return cls(**values)
+        values, parts = read_sections(cls, preset_path(study, preset), sections)
+        if section_field is not None:
+            default = {f.name: f.default for f in dataclasses.fields(cls)}[section_field]
+            values |= parts.get(given.get(section_field, values.get(section_field, default)), {})
+    return cls(**(values | given))
 
 
 def add_config_args(
@@ -167,10 +189,13 @@ def add_config_args(
             group.add_argument(*flags, dest=name, default=None, metavar=name.upper())
 
 
-def config_from_args(cls: type[T], args: argparse.Namespace, study: str, default_preset: str | None = None) -> T:
-    """The config a command line asks for: defaults, preset, then the explicit flags."""
+def config_from_args(cls: type[T], args: argparse.Namespace, study: str, default_preset: str | None = None,
+                     sections: tuple[str, ...] = (), section_field: str | None = None) -> T:
+    """The config a command line asks for: defaults, preset (with its section, see `load_config`), then the
+    explicit flags."""
     overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
-    return load_config(cls, study, getattr(args, "preset", None) or default_preset, overrides)
+    return load_config(cls, study, getattr(args, "preset", None) or default_preset, overrides, sections,
+                       section_field)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    config = config_from_args(MathqaConfig, args, "mathqa")
+    config = config_from_args(MathqaConfig, args, "mathqa", sections=KINDS, section_field="model")
     metrics = train_model(config, args.out, force=args.force)
     print(json.dumps({split: metrics[split] for split in ("dev", "test") if split in metrics}, indent=2))
     return 0
@@ -94,7 +95,8 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
         help="the four models, teacher forcing, beam size, grammar decoding, and a report",
         description="Every run of assignment 1 part 2.3 (each a resumable run folder under OUT), the "
                     "beam-size and grammar-constrained decodings, and OUT/report.md + OUT/report.html. "
-                    "The flags set every run's settings; --model is chosen by the study.",
+                    "A preset's sections lstm:, lstm_attn:, bert_frozen: and bert_finetune: set the runs of "
+                    "that model; the flags set every run's settings; --model is chosen by the study.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--out", default="runs/mathqa-study", help="folder of the study's runs and report")
@@ -104,11 +106,11 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_study(args: argparse.Namespace) -> int:
-    from col775.mathqa.study import run_study
+    from col775.mathqa.study import run_study, study_settings
 
-    config = config_from_args(MathqaConfig, args, "mathqa")
+    config, sections = study_settings(args.preset, {f.name: getattr(args, f.name, None) for f in fields(MathqaConfig)})
     options = study_options(args)
-    run_study(config, args.out, options)
+    run_study(config, args.out, options, sections)
     publish_results(args, Path(args.out))
     print(f"plan: {options.plan}" if options.plan else f"report: {Path(args.out) / 'report.html'} and "
                                                         f"{Path(args.out) / 'report.md'}")

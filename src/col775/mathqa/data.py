@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Sampler
 
 from col775.core.runs import atomic_write_bytes
@@ -297,6 +298,7 @@ class Example:
     tgt: list[int]  # <bos> program <eos>
     wordpieces: list[int] | None = None
     wordpiece_numbers: list[int] | None = None
+    hidden: torch.Tensor | None = None  # [W, D] a frozen encoder's output for the wordpieces (encoder_cache.py)
 
 
 def encode_records(records: Sequence[dict[str, Any]], src_vocab: Vocab, tgt_vocab: Vocab,
@@ -335,6 +337,7 @@ class Batch:
     wordpieces: torch.Tensor | None = None  # [B, W]
     wordpiece_mask: torch.Tensor | None = None  # [B, W] bool, True on real wordpieces
     wordpiece_numbers: torch.Tensor | None = None  # [B, W] 0 or K + 1
+    wordpiece_hidden: torch.Tensor | None = None  # [B, W, D] float32 cached encoder output, zero at padding
 
     def __len__(self) -> int:
         return self.src.shape[0]
@@ -354,7 +357,8 @@ def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
 
 
 def collate(examples: Sequence[Example], pad_id: int = 0, wordpiece_pad_id: int = 0) -> Batch:
-    """Pad a list of examples into a Batch (wordpiece tensors only when every example has them)."""
+    """Pad a list of examples into a Batch (wordpiece tensors, and cached encoder outputs, only when every
+    example has them)."""
     batch = Batch(
         src=_pad([e.src for e in examples], pad_id),
         src_lengths=torch.tensor([len(e.src) for e in examples]),
@@ -366,6 +370,8 @@ def collate(examples: Sequence[Example], pad_id: int = 0, wordpiece_pad_id: int 
         batch.wordpieces = _pad([e.wordpieces for e in examples], wordpiece_pad_id)
         batch.wordpiece_mask = _pad([[1] * len(e.wordpieces) for e in examples], 0).bool()
         batch.wordpiece_numbers = _pad([e.wordpiece_numbers for e in examples], 0)
+    if all(e.hidden is not None for e in examples):
+        batch.wordpiece_hidden = pad_sequence([e.hidden for e in examples], batch_first=True).float()
     return batch
 
 

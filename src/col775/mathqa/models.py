@@ -296,12 +296,19 @@ class WordpieceEncoder(nn.Module):
             self.model.eval()
         return self
 
-    def forward(self, batch: Batch) -> Encoded:
+    def hidden(self, batch: Batch) -> torch.Tensor:
+        """[B, W, D] the transformer's last hidden states for the batch's wordpieces."""
         if batch.wordpieces is None:
             raise ValueError("a BERT model needs wordpieces: encode the records with the model's tokenizer")
-        mask = batch.wordpiece_mask
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
-            hidden = self.model(input_ids=batch.wordpieces, attention_mask=mask.long()).last_hidden_state
+            return self.model(input_ids=batch.wordpieces, attention_mask=batch.wordpiece_mask.long()).last_hidden_state
+
+    def forward(self, batch: Batch) -> Encoded:
+        """The memory: the transformer's output (or, frozen, the batch's cached copy of it) plus the number ids'."""
+        if batch.wordpiece_hidden is not None and not self.freeze:
+            raise ValueError("cached encoder outputs are for a frozen encoder; a fine-tuned one must run itself")
+        hidden = self.hidden(batch) if batch.wordpiece_hidden is None else batch.wordpiece_hidden
+        mask = batch.wordpiece_mask
         memory = hidden + self.numbers(batch.wordpiece_numbers)  # [B, W, D]
         weights = mask.unsqueeze(-1).to(memory.dtype)
         summary = (memory * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # masked mean, [B, D]

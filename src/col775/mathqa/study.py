@@ -27,7 +27,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
-from col775.core.config import load_config, to_dict
+from col775.core.config import load_config, preset_path, read_sections, to_dict
 from col775.core.plots import line_plot
 from col775.core.provenance import read_provenance
 from col775.core.report import Report, runs_report
@@ -57,12 +57,25 @@ def model_run(kind: str) -> str:
 
 
 def tf_run(config: MathqaConfig, p: float) -> str:
-    """The run of lstm_attn at teacher forcing p (the main lstm_attn run at the configured p)."""
+    """The run of lstm_attn at teacher forcing p (the main lstm_attn run at ``config``'s, lstm_attn's settings)."""
     return model_run(TF_MODEL) if p == config.teacher_forcing else f"tf-{p:g}"
 
 
+def study_settings(preset: str | Path | None, flags: dict[str, Any]) -> tuple[MathqaConfig, dict[str, dict[str, Any]]]:
+    """The study's shared settings (defaults, the preset's top level, then ``flags``, None meaning unset) and,
+    per model kind, the values of the preset's section of that kind (``lstm:``, ``bert_frozen:``, ...) that no
+    flag overrides: the ``overrides`` of :func:`study_runs`."""
+    config = load_config(MathqaConfig, "mathqa", preset, flags, KINDS)
+    if preset is None:
+        return config, {}
+    _, sections = read_sections(MathqaConfig, preset_path("mathqa", preset), KINDS)
+    given = {name for name, value in flags.items() if value is not None}
+    return config, {kind: {k: v for k, v in section.items() if k not in given} for kind, section in sections.items()}
+
+
 def study_runs(config: MathqaConfig, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, MathqaConfig]:
-    """Every run the study trains, by folder name; ``overrides`` changes fields per model kind."""
+    """Every run the study trains, by folder name; ``overrides`` changes fields per model kind (the tf-<p>
+    runs are lstm_attn runs, so they take its overrides, and the one at its teacher forcing is its main run)."""
     overrides = overrides or {}
 
     def make(kind: str, **changes: Any) -> MathqaConfig:
@@ -70,7 +83,7 @@ def study_runs(config: MathqaConfig, overrides: dict[str, dict[str, Any]] | None
 
     runs = {model_run(kind): make(kind) for kind in KINDS}
     for p in TEACHER_FORCING:
-        runs.setdefault(tf_run(config, p), make(TF_MODEL, teacher_forcing=p))
+        runs.setdefault(tf_run(make(TF_MODEL), p), make(TF_MODEL, teacher_forcing=p))
     return runs
 
 
@@ -140,12 +153,15 @@ def run_study(config: MathqaConfig, out: str | Path, options: StudyOptions = Stu
               overrides: dict[str, dict[str, Any]] | None = None) -> Report | None:
     """Train every run (resuming or skipping finished ones), decode the variants, write the report.
 
+    `overrides` gives fields per model kind (the preset's sections, :func:`study_settings`).
     `options` picks seeds, side-by-side processes, a plan of commands instead of training (returns None)
     or a report of what has finished; until every variant has a finished run that report lists the
     finished runs' numbers and names the missing ones.
     """
     out = Path(out)
     runs = seeded(study_runs(config, overrides), options.seeds)
+    # the report's study-wide settings (2.3.2's teacher forcing, the decoding) are those of the lstm_attn runs
+    config = dataclasses.replace(config, model=TF_MODEL, **(overrides or {}).get(TF_MODEL, {}))
     trainer = Trainer("mathqa", train_model)  # with force train_model also drops a run's old decodings
     if options.plan is not None:
         write_plan(runs, out, trainer, options.plan, options.force)
@@ -264,10 +280,10 @@ def build_report(config: MathqaConfig, results: dict[str, dict], decoded: dict[s
     report.text(
         f"Data: {'generated word problems (synthetic.py)' if not config.data else f'`{config.data}`'}; "
         + ", ".join(f"{name} {n} problems" for name, n in sizes.items())
-        + f". Every model trains with teacher forcing {config.teacher_forcing} and, at the end, decodes with beam "
-        f"search (k = {config.beam_size}, length penalty {config.length_penalty}) from the checkpoint with the best "
-        "dev execution accuracy under greedy decoding. Dev therefore chose the model, and its scores, labelled "
-        f"'{split_role('dev')}', are not held-out estimates (they may be optimistic)"
+        + f". The models train with teacher forcing {config.teacher_forcing} (unless listed below) and, at the end, "
+        f"decode with beam search (k = {config.beam_size}, length penalty {config.length_penalty}) from the "
+        "checkpoint with the best dev execution accuracy under greedy decoding. Dev therefore chose the model, "
+        f"and its scores, labelled '{split_role('dev')}', are not held-out estimates (they may be optimistic)"
         + ("; test is held out" if "test" in splits else
            ". The data has no test split, so dev also stands in for test wherever the assignment asks for it "
            "(2.3.2 and 2.3.3)")
@@ -279,11 +295,13 @@ def build_report(config: MathqaConfig, results: dict[str, dict], decoded: dict[s
         "averaged over problems; missing tokens count as wrong, surplus ones are ignored)."
     )
     base = to_dict(config)
-    shared = {k: v for k, v in base.items() if k not in ("model", "teacher_forcing")}
-    differing = {name: {k: v for k, v in run["config"].items() if k in shared and shared[k] != v}
+    shared = {k: v for k, v in base.items() if k != "model"}
+    differing = {name: {k: v for k, v in run["config"].items() if k in shared and shared[k] != v
+                        and not (k == "teacher_forcing" and name.startswith("tf-"))}
                  for name, run in results.items()}
     if any(differing.values()):
-        report.text("Runs whose settings differ from the others' beyond model and teacher forcing: " + "; ".join(
+        report.text(f"Runs whose settings differ from {model_run(TF_MODEL)}'s beyond the model and 2.3.2's teacher "
+                    "forcing: " + "; ".join(
             f"{name} ({', '.join(f'{k} {v}' for k, v in changes.items())})"
             for name, changes in differing.items() if changes) + ".")
 
@@ -522,15 +540,7 @@ def _teacher_forcing_observation(config: MathqaConfig, results: dict[str, dict],
 
 # ---------------------------------------------------------------- demo
 
-# `col775 demo` sizes the study for a couple of minutes on a CPU: fewer generated problems and
-# epochs than the demo preset (at a higher learning rate), and the BERT runs, the slowest on a CPU,
-# see a few hundred problems cut to 64 wordpieces, with a short warm-up so they learn at all.
-# The BERT runs are the slowest on a CPU: the demo gives them a few short epochs on short inputs.
-DEMO_BERT = {"epochs": 2, "max_steps_per_epoch": 12, "max_wordpieces": 64, "warmup_steps": 5}
-
-
 def demo(out: Path, force: bool = False) -> Report:
-    """The study at CPU size on generated problems (`col775 demo`)."""
-    config = load_config(MathqaConfig, "mathqa", "demo", {})
-    return run_study(config, out, StudyOptions(force=force),
-                     overrides={"bert_frozen": DEMO_BERT, "bert_finetune": DEMO_BERT})
+    """The study at CPU size on generated problems (`col775 demo`): the demo preset, with its short BERT runs."""
+    config, sections = study_settings("demo", {})
+    return run_study(config, out, StudyOptions(force=force), sections)

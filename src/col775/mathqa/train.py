@@ -20,6 +20,9 @@ DistributedDataParallel (gloo on CPU, NCCL on CUDA) and ``batch_size`` is per ra
 (data.BucketBatchSampler), and its loss is the mean over the whole global batch. Every rank builds the
 same vocabularies (data.Vocab.build orders its words). Dev and test are decoded and scored in unpadded
 shards gathered back in order (core/distributed.py), so every example counts once; only rank 0 writes.
+
+A ``bert_frozen`` run encodes every problem once before training (encoder_cache.py) and trains and
+evaluates on those cached encoder outputs; decoding a finished run later runs the encoder itself.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from col775.core.training import EarlyStopping, optimise, pick_device, progress,
 from col775.mathqa import data, synthetic
 from col775.mathqa.data import MAX_NUMBERS
 from col775.mathqa.beam import beam_search, greedy_search
+from col775.mathqa.encoder_cache import cache_hidden
 from col775.mathqa.grammar import ProgramGrammar
 from col775.mathqa.models import ModelConfig, Seq2Seq, build_model, load_tokenizer, model_name
 from col775.mathqa.programs import extract_numbers, tokens_to_program
@@ -435,6 +439,12 @@ def train_model(config: MathqaConfig, out_dir: str | Path, force: bool = False) 
         prepared.src_vocab.save(run.path / VOCAB_FILES[0])
         prepared.tgt_vocab.save(run.path / VOCAB_FILES[1])
     model = make_model(config, prepared, device)
+    if config.model == "bert_frozen":  # the frozen encoder runs once per problem, not once per epoch
+        began = time.perf_counter()
+        prepared.splits = {name: cache_hidden(model.encoder, examples, config.eval_batch_size,
+                                              prepared.wordpiece_pad_id, device, config.amp)
+                           for name, examples in prepared.splits.items()}
+        log.info("frozen encoder outputs cached in %.0f s", time.perf_counter() - began)
     net = nn.parallel.DistributedDataParallel(model) if is_distributed() else model
     train_loader = make_train_loader(prepared.splits["train"], config.batch_size, config.seed,
                                      prepared.wordpiece_pad_id)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from col775.core.config import from_dict, preset_path, read_preset, to_dict
+from col775.core.config import load_config, to_dict
 from col775.slots.diffusion.ddpm import SCHEDULES
 from col775.slots.diffusion.model import SAMPLERS
 from col775.slots.diffusion.unet import UNetConfig
@@ -230,18 +230,5 @@ def vae_run_fields(config: SlotsConfig) -> dict:
 def load_slots_config(preset: str | Path | None, overrides: dict[str, Any], decoder: str | None = None) -> SlotsConfig:
     """The config of one run: defaults, the preset's shared values, its `decoder` section, then `overrides`
     (None values are ignored). `decoder` defaults to the override's, then the preset's, then "sbd"."""
-    values: dict[str, Any] = {}
-    source = "defaults"
-    if preset is not None:
-        path = preset_path("slots", preset)
-        values, source = read_preset(path), str(path)
-    sections = {name: values.pop(name, None) or {} for name in DECODERS}
-    for name, section in sections.items():
-        if not isinstance(section, dict):
-            raise ValueError(f"{source}: '{name}:' must be a mapping of field: value")
-    given = {k: v for k, v in overrides.items() if v is not None}
-    decoder = decoder or given.get("decoder") or values.get("decoder") or "sbd"
-    if decoder not in DECODERS:
-        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-    base = from_dict(SlotsConfig, values | sections[decoder] | {"decoder": decoder}, source)
-    return from_dict(SlotsConfig, to_dict(base) | given | {"decoder": decoder}, "command line")
+    forced = {"decoder": decoder} if decoder else {}
+    return load_config(SlotsConfig, "slots", preset, overrides | forced, DECODERS, "decoder")
