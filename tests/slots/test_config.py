@@ -31,6 +31,10 @@ def test_bad_presets_and_values_name_their_source(tmp_path):
         load_slots_config(None, {"epochs": "1.5"})
     with pytest.raises(ValueError, match="decoder must be one of"):
         SlotsConfig(decoder="transformer")
+    with pytest.raises(ValueError, match="scene_style must be one of"):
+        SlotsConfig(scene_style="flat")
+    with pytest.raises(ValueError, match="slot_gradient="):
+        SlotsConfig(slot_gradient="none").model_config()
 
 
 def test_a_run_records_only_its_own_decoders_fields():

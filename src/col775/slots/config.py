@@ -28,6 +28,7 @@ from col775.slots.diffusion.model import SAMPLERS
 from col775.slots.diffusion.unet import UNetConfig
 from col775.slots.encoder import SlotEncoderConfig
 from col775.slots.sbd import SlotAutoencoderConfig
+from col775.slots.scenes import SCENE_STYLES
 
 DECODERS = ("sbd", "diffusion")
 VAE_ARCHS = ("course", "small", "tiny")
@@ -47,7 +48,7 @@ DIFFUSION_FIELDS = ("vae",) + VAE_FIELDS + (
 )  # fmt: skip
 # The data fields, with the seed and the device: what a VAE run shares with a decoder run.
 DATA_FIELDS = (
-    "data", "image_size", "n_train", "n_val", "min_objects", "max_objects", "max_train", "max_val",
+    "data", "image_size", "n_train", "n_val", "min_objects", "max_objects", "scene_style", "max_train", "max_val",
     "mask_background", "masks", "crop", "cache_dir", "num_workers", "seed", "device",
 )  # fmt: skip
 # Fields that change only what is done with a trained model, not the model.
@@ -66,6 +67,7 @@ class SlotsConfig:
     n_val: int = 1_000
     min_objects: int = 1
     max_objects: int = 10
+    scene_style: str = "textured"  # generated scenes: textured | simple
     max_train: int = 0  # keep the first N training images of `data` (0 keeps all)
     max_val: int = 0
     mask_background: str = "border"  # course masks: "border" or the background colour as "R,G,B"
@@ -80,6 +82,7 @@ class SlotsConfig:
     slot_iters: int = 3
     slot_hidden_dim: int = 128
     slot_init: str = "gaussian"  # gaussian | learned
+    slot_gradient: str = "full"  # through every iteration | fixed-point (the last only) | bi-level (BO-QSA)
     encoder_channels: list[int] = field(default_factory=lambda: [64, 64, 64, 64])
     encoder_strides: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
     encoder_kernel: int = 5
@@ -141,7 +144,7 @@ class SlotsConfig:
         checks = {
             "decoder": (self.decoder, DECODERS), "fid_method": (self.fid_method, ("fast", "clean-fid")),
             "vae_arch": (self.vae_arch, VAE_ARCHS), "sampler": (self.sampler, SAMPLERS),
-            "beta_schedule": (self.beta_schedule, tuple(SCHEDULES)),
+            "beta_schedule": (self.beta_schedule, tuple(SCHEDULES)), "scene_style": (self.scene_style, SCENE_STYLES),
         }  # fmt: skip
         for name, (value, allowed) in checks.items():
             if value not in allowed:
@@ -160,6 +163,7 @@ class SlotsConfig:
         return SlotEncoderConfig(
             image_size=self.image_size, num_slots=self.num_slots, slot_dim=self.slot_dim,
             slot_iters=self.slot_iters, slot_hidden_dim=self.slot_hidden_dim, slot_init=self.slot_init,
+            slot_gradient=self.slot_gradient,
             encoder_channels=tuple(self.encoder_channels), encoder_strides=tuple(self.encoder_strides),
             encoder_kernel=self.encoder_kernel,
         )  # fmt: skip

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from col775.slots.slot_attention import SLOT_INITS, SlotAttention
+from col775.slots.slot_attention import SLOT_GRADIENTS, SLOT_INITS, SlotAttention
 
 
 @dataclass
@@ -28,6 +28,7 @@ class SlotEncoderConfig:
     slot_iters: int = 3
     slot_hidden_dim: int = 128
     slot_init: str = "gaussian"
+    slot_gradient: str = "full"
     encoder_channels: tuple[int, ...] = (64, 64, 64, 64)
     encoder_strides: tuple[int, ...] = (1, 1, 1, 1)
     encoder_kernel: int = 5
@@ -35,6 +36,8 @@ class SlotEncoderConfig:
     def __post_init__(self) -> None:
         if self.slot_init not in SLOT_INITS:
             raise ValueError(f"slot_init={self.slot_init!r} is unknown; use one of {SLOT_INITS}")
+        if self.slot_gradient not in SLOT_GRADIENTS:
+            raise ValueError(f"slot_gradient={self.slot_gradient!r} is unknown; use one of {SLOT_GRADIENTS}")
         check_layers(self, "encoder")
         down = math.prod(self.encoder_strides)
         if self.image_size % down:
@@ -93,7 +96,7 @@ class SlotEncoder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(in_ch, in_ch), nn.ReLU(), nn.Linear(in_ch, in_ch))
         self.slot_attention = SlotAttention(
             num_slots=config.num_slots, dim=config.slot_dim, input_dim=in_ch, iters=config.slot_iters,
-            hidden_dim=config.slot_hidden_dim, init=config.slot_init,
+            hidden_dim=config.slot_hidden_dim, init=config.slot_init, gradient=config.slot_gradient,
         )  # fmt: skip
 
     def features(self, images: Tensor) -> Tensor:
