@@ -67,6 +67,18 @@ def position_grid(height: int, width: int) -> Tensor:
     return torch.stack([x, y, 1.0 - x, 1.0 - y], dim=-1)
 
 
+def glorot_init(module: nn.Module) -> None:
+    """Re-initialise every Linear, Conv2d and ConvTranspose2d in `module` as the paper's TensorFlow model is
+    (Keras' defaults): Glorot-uniform weights, zero biases. PyTorch's defaults shrink activations about 2.5x
+    per ReLU conv layer, so after the encoder's CNN the image content is ~50x smaller than the added
+    position embedding, which then decides the attention alone: slots bind to positions, not objects."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 class SoftPositionEmbed(nn.Module):
     """Adds a learned linear map of the 4-channel position grid to a [B, C, H, W] feature map."""
 
@@ -98,6 +110,7 @@ class SlotEncoder(nn.Module):
             num_slots=config.num_slots, dim=config.slot_dim, input_dim=in_ch, iters=config.slot_iters,
             hidden_dim=config.slot_hidden_dim, init=config.slot_init, gradient=config.slot_gradient,
         )  # fmt: skip
+        glorot_init(self)
 
     def features(self, images: Tensor) -> Tensor:
         """Slot Attention's inputs [B, N, C]."""
