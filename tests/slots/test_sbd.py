@@ -177,3 +177,15 @@ def test_layers_start_as_the_papers_tensorflow_model_glorot_uniform_with_zero_bi
         assert w.abs().max() <= bound
         assert abs(w.std().item() - bound / math.sqrt(3.0)) < 0.15 * bound  # uniform on [-a, a]: std a / sqrt(3)
         assert layer.bias is None or not layer.bias.any()
+
+
+def test_position_init_gain_scales_only_the_encoders_position_embedding():
+    torch.manual_seed(0)
+    paper = SlotAutoencoder(TINY)
+    torch.manual_seed(0)
+    scaled = SlotAutoencoder(dataclasses.replace(TINY, position_init_gain=0.1))
+    torch.testing.assert_close(scaled.encoder.position.proj.weight, 0.1 * paper.encoder.position.proj.weight)
+    torch.testing.assert_close(scaled.decoder.position.proj.weight, paper.decoder.position.proj.weight)
+    torch.testing.assert_close(scaled.encoder.cnn[0].weight, paper.encoder.cnn[0].weight)
+    with pytest.raises(ValueError, match="position_init_gain"):
+        dataclasses.replace(TINY, position_init_gain=-1.0)
