@@ -12,6 +12,10 @@ Colour alone should not separate the objects, as in CLEVRTex: each scene draws a
 the floor and many objects take their colours (and often their pattern) from it, so an
 object's colours recur on the floor and on other objects.
 
+The "simple" style (`SCENE_STYLES`) is the easy variant, like Multi-dSprites or CLEVR: a steeper
+camera, one plain background colour per scene (no texture, shadow or haze) and objects of one
+saturated colour each, shaded only by the light's angle, so colour separates the objects.
+
 `render_scene(seed)` is the one-call entry point; `sample_scene` and `draw_scene` are the
 two halves for anyone who wants to edit a scene (tests move objects to check occlusion).
 `write_scene_folder` writes the course's folder layout (`images/{train,val}/*.png` and
@@ -606,16 +610,21 @@ def check_style(style: str) -> None:
         raise ValueError(f"scene_style must be one of {SCENE_STYLES}, got {style!r}")
 
 
+def _random_light(rng: np.random.Generator) -> np.ndarray:
+    """Unit vector towards a light 35-65 degrees up, from behind and beside the camera."""
+    elevation, azimuth = math.radians(rng.uniform(35.0, 65.0)), math.radians(rng.uniform(110.0, 250.0))
+    return np.array(
+        [math.cos(elevation) * math.sin(azimuth), math.sin(elevation), math.cos(elevation) * math.cos(azimuth)]
+    )
+
+
 def _sample_layout(rng: np.random.Generator, count: int) -> Scene:
     camera = Camera(
         height=rng.uniform(6.0, 9.0),
         pitch=math.radians(rng.uniform(22.0, 48.0)),
         fov=math.radians(rng.uniform(40.0, 50.0)),
     )
-    elevation, azimuth = math.radians(rng.uniform(35.0, 65.0)), math.radians(rng.uniform(110.0, 250.0))
-    light = np.array(
-        [math.cos(elevation) * math.sin(azimuth), math.sin(elevation), math.cos(elevation) * math.cos(azimuth)]
-    )
+    light = _random_light(rng)
     palette = _palette(rng)
     floor_pattern = str(rng.choice(["noise", "rock", "rock", "tiles", "marble", "checks", "stripes", "rings", "dots"]))
     i, j = rng.choice(len(palette), size=2, replace=False)
@@ -626,7 +635,9 @@ def _sample_layout(rng: np.random.Generator, count: int) -> Scene:
     backdrop = replace(_material(rng, str(rng.choice(PATTERNS)), backdrop_colors, rng.uniform(0.1, 0.3)), shininess=0.0)
     wall_distance = float(rng.uniform(28.0, 40.0))
     noise = rng.random((_NOISE_PERIOD,) * 3, dtype=np.float32)
-    objects = _place_objects(rng, camera, wall_distance, floor, count, lambda size: _object_material(rng, palette, floor, size))
+    objects = _place_objects(
+        rng, camera, wall_distance, floor, count, lambda size: _object_material(rng, palette, floor, size)
+    )
     return Scene(camera, light, floor, backdrop, wall_distance, objects, noise)
 
 
@@ -641,10 +652,7 @@ def _sample_simple_layout(rng: np.random.Generator, count: int) -> Scene:
     camera = Camera(
         height=rng.uniform(7.0, 9.0), pitch=math.radians(rng.uniform(50.0, 65.0)), fov=math.radians(rng.uniform(44.0, 50.0))
     )  # fmt: skip
-    elevation, azimuth = math.radians(rng.uniform(35.0, 65.0)), math.radians(rng.uniform(110.0, 250.0))
-    light = np.array(
-        [math.cos(elevation) * math.sin(azimuth), math.sin(elevation), math.cos(elevation) * math.cos(azimuth)]
-    )
+    light = _random_light(rng)
     plain = _solid(_hsv(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(0.3, 0.6)))
     noise = np.zeros((1, 1, 1), dtype=np.float32)  # solid colours sample no noise
 
