@@ -209,6 +209,9 @@ def test_make_scenes_command_writes_the_split(tmp_path):
     assert args.handler(args) == 0
     assert len(list((tmp_path / "images" / "train").iterdir())) == 3
     assert len(list((tmp_path / "masks" / "val").iterdir())) == 2
+    simple = parser.parse_args(["slots", "make-scenes", "--n", "2", "--size", "32", "--out", str(tmp_path / "s"),
+                                "--scene-style", "simple"])  # fmt: skip
+    assert simple.handler(simple) == 0 and json.loads((tmp_path / "s" / "scenes.json").read_text())["style"] == "simple"
     with pytest.raises(ValueError, match="val-fraction"):
         args.handler(parser.parse_args(command + ["--val-fraction", "1.5"]))
 
