@@ -31,6 +31,10 @@ def test_bad_presets_and_values_name_their_source(tmp_path):
         load_slots_config(None, {"epochs": "1.5"})
     with pytest.raises(ValueError, match="decoder must be one of"):
         SlotsConfig(decoder="transformer")
+    with pytest.raises(ValueError, match="scene_style must be one of"):
+        SlotsConfig(scene_style="flat")
+    with pytest.raises(ValueError, match="slot_gradient="):
+        SlotsConfig(slot_gradient="none").model_config()
 
 
 def test_a_run_records_only_its_own_decoders_fields():
@@ -54,8 +58,20 @@ def test_course_preset_is_the_papers_model_and_the_assignments_diffusion_decoder
 def test_demo_preset_is_small_and_valid_for_both_decoders():
     for decoder in ("sbd", "diffusion"):
         config = load_slots_config("demo", {}, decoder)
-        assert config.image_size == 32 and config.max_objects <= 4
+        assert config.image_size == 32 and config.max_objects <= 4 and config.scene_style == "simple"
         assert config.epochs * config.steps_per_epoch <= 1000
+        assert (config.slot_gradient, config.position_init_gain) == ("bi-level", 0.1)
     sbd = load_slots_config("demo", {}, "sbd")
     assert sbd.model_config().image_size == 32
     assert load_slots_config("demo", {}, "diffusion").sampler_label() == "DDIM, 25 steps"
+
+
+def test_cpu_preset_finds_objects_in_simple_scenes_with_the_binding_options_for_both_decoders():
+    for decoder in ("sbd", "diffusion"):
+        config = load_slots_config("cpu", {}, decoder)
+        assert (config.scene_style, config.image_size, config.n_val) == ("simple", 32, 500)
+        assert (config.min_objects, config.max_objects, config.num_slots) == (2, 6, 7)  # K = the most objects + 1
+        assert (config.slot_init, config.slot_gradient, config.position_init_gain) == ("learned", "bi-level", 0.1)
+    assert load_slots_config("cpu", {}, "sbd").model_config().image_size == 32
+    paper = load_slots_config("cpu", {"slot_init": "gaussian", "slot_gradient": "full", "position_init_gain": 1.0})
+    assert paper.encoder_config().slot_init == "gaussian"

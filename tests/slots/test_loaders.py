@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch.multiprocessing as mp
 from PIL import Image
@@ -26,6 +27,14 @@ def test_generated_scenes_are_cached(cache, monkeypatch):
     assert len(list((root / "images" / "train").glob("*.png"))) == 24
     monkeypatch.setattr(loaders_module, "write_scene_folder", lambda *a, **k: pytest.fail("scenes generated twice"))
     assert scene_root(tiny_config(cache)) == root
+
+
+def test_each_scene_style_has_its_own_cached_scenes(cache):
+    textured, simple = (scene_root(tiny_config(cache, scene_style=style)) for style in ("textured", "simple"))
+    assert textured != simple
+    assert json.loads((simple / "scenes.json").read_text())["style"] == "simple"
+    image = lambda root: np.asarray(Image.open(root / "images" / "train" / "000000.png"))  # noqa: E731
+    assert not np.array_equal(image(textured), image(simple))
 
 
 def test_missing_data_folder_is_a_clear_error(cache, tmp_path):

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -136,3 +137,55 @@ def test_position_grid_corners():
     assert grid[0, 0].tolist() == [0.0, 0.0, 1.0, 1.0]
     assert grid[1, 2].tolist() == [1.0, 1.0, 0.0, 0.0]
     assert grid[0, 1].tolist() == [0.5, 0.0, 0.5, 1.0]
+
+
+def test_decoder_is_a_broadcast_slot_plus_its_position_embedding_through_the_cnn():
+    """The spatial broadcast decoder written out: every slot tiled over the grid plus Linear(x, y, 1-x, 1-y),
+    the transposed convolutions with ReLU, the 3x3 output conv; then the alpha masks softmax over the slots."""
+    config = dataclasses.replace(TINY, decoder_broadcast=16, decoder_channels=(8, 8), decoder_strides=(1, 1))
+    torch.manual_seed(0)
+    model = SlotAutoencoder(config).eval()
+    slots = torch.randn(2, 3, 8)
+    decoder = model.decoder
+    rows, cols = torch.meshgrid(torch.arange(16) / 15, torch.arange(16) / 15, indexing="ij")  # y down, x right
+    grid = torch.stack([cols, rows, 1 - cols, 1 - rows], dim=-1)
+    position = (grid @ decoder.position.proj.weight.T + decoder.position.proj.bias).permute(2, 0, 1)
+    x = slots.reshape(6, 8, 1, 1) + position  # [B*K, D, 16, 16]
+    first, second, out_conv = decoder.cnn[0], decoder.cnn[2], decoder.cnn[4]
+    for layer in (first, second):
+        x = F.relu(F.conv_transpose2d(x, layer.weight, layer.bias, padding=config.decoder_kernel // 2))
+    x = F.conv2d(x, out_conv.weight, out_conv.bias, padding=1).view(2, 3, 4, 16, 16)
+    masks = torch.exp(x[:, :, :1]) / torch.exp(x[:, :, :1]).sum(dim=1, keepdim=True)
+    parts = model.decode_parts(slots)
+    torch.testing.assert_close(parts["masks"], masks)
+    torch.testing.assert_close(parts["recon"], (masks * x[:, :, 1:]).sum(dim=1))
+    assert position[:, 0, :].std(dim=1).min() > 0 and position[:, :, 0].std(dim=1).min() > 0  # varies both ways
+
+
+def test_layers_start_as_the_papers_tensorflow_model_glorot_uniform_with_zero_biases():
+    """Keras' defaults, which the paper's model was trained from: weights U(-a, a) with a = sqrt(6 / (fan_in +
+    fan_out)), biases 0. With PyTorch's defaults the CNN's content was ~50x smaller than the position embedding."""
+    torch.manual_seed(0)
+    model = SlotAutoencoder(demo_config())
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert len(layers) == 4 + 1 + 2 + 3 + 2 + 1 + 2 + 1  # encoder convs, position, MLP, q k v, slot MLP, decoder
+    for layer in layers:
+        w = layer.weight
+        receptive = w[0, 0].numel()
+        fan_sum = (w.shape[0] + w.shape[1]) * receptive
+        bound = math.sqrt(6.0 / fan_sum)
+        assert w.abs().max() <= bound
+        assert abs(w.std().item() - bound / math.sqrt(3.0)) < 0.15 * bound  # uniform on [-a, a]: std a / sqrt(3)
+        assert layer.bias is None or not layer.bias.any()
+
+
+def test_position_init_gain_scales_only_the_encoders_position_embedding():
+    torch.manual_seed(0)
+    paper = SlotAutoencoder(TINY)
+    torch.manual_seed(0)
+    scaled = SlotAutoencoder(dataclasses.replace(TINY, position_init_gain=0.1))
+    torch.testing.assert_close(scaled.encoder.position.proj.weight, 0.1 * paper.encoder.position.proj.weight)
+    torch.testing.assert_close(scaled.decoder.position.proj.weight, paper.decoder.position.proj.weight)
+    torch.testing.assert_close(scaled.encoder.cnn[0].weight, paper.encoder.cnn[0].weight)
+    with pytest.raises(ValueError, match="position_init_gain"):
+        dataclasses.replace(TINY, position_init_gain=-1.0)

@@ -150,6 +150,33 @@ def test_colour_alone_does_not_separate_objects():
     assert np.mean(shared) > 0.25  # a good share of object pixels have a colour the floor also has
 
 
+@pytest.mark.parametrize("size", [32, 64])
+def test_simple_style_is_solid_colours_on_one_plain_background(size):
+    aris = []
+    for seed in range(6):
+        image, mask = render_scene(seed, size=size, min_objects=2, max_objects=6, style="simple")
+        pixels, labels = image.reshape(-1, 3).astype(float), mask.ravel()
+        assert 2 <= labels.max() <= 6 and set(np.unique(labels)) == set(range(labels.max() + 1))
+        assert len(np.unique(pixels[labels == 0], axis=0)) == 1  # one plain background colour
+        chroma = pixels / np.maximum(np.linalg.norm(pixels, axis=1, keepdims=True), 1.0)
+        for k in range(1, labels.max() + 1):  # one colour per object, only its brightness shaded
+            assert np.abs(chroma[labels == k] - chroma[labels == k].mean(axis=0)).max() < 0.06
+        with threadpool_limits(1):
+            clusters = KMeans(labels.max() + 1, n_init=2, random_state=0).fit_predict(chroma)
+        aris.append(adjusted_rand_score(labels, clusters))
+    assert np.mean(aris) > 0.8  # unlike the textured style, colour alone finds the objects
+
+
+def test_scene_style_picks_the_generator_and_is_recorded(tmp_path):
+    write_scene_folder(tmp_path, n_train=2, n_val=1, size=32, seed=4, min_objects=2, max_objects=3, style="simple")
+    assert json.loads((tmp_path / "scenes.json").read_text())["style"] == "simple"
+    image = np.asarray(Image.open(tmp_path / "images" / "val" / "000000.png"))
+    np.testing.assert_array_equal(image, render_scene(np.random.default_rng([4, 1, 0]), 32, 2, 3, "simple")[0])
+    assert not np.array_equal(image, render_scene(np.random.default_rng([4, 1, 0]), 32, 2, 3)[0])
+    with pytest.raises(ValueError, match="scene_style"):
+        render_scene(0, style="flat")
+
+
 def test_mask_palette_is_distinct_with_black_background():
     assert MASK_PALETTE.shape == (256, 3)
     assert tuple(MASK_PALETTE[0]) == (0, 0, 0)
@@ -182,6 +209,9 @@ def test_make_scenes_command_writes_the_split(tmp_path):
     assert args.handler(args) == 0
     assert len(list((tmp_path / "images" / "train").iterdir())) == 3
     assert len(list((tmp_path / "masks" / "val").iterdir())) == 2
+    simple = parser.parse_args(["slots", "make-scenes", "--n", "2", "--size", "32", "--out", str(tmp_path / "s"),
+                                "--scene-style", "simple"])  # fmt: skip
+    assert simple.handler(simple) == 0 and json.loads((tmp_path / "s" / "scenes.json").read_text())["style"] == "simple"
     with pytest.raises(ValueError, match="val-fraction"):
         args.handler(parser.parse_args(command + ["--val-fraction", "1.5"]))
 

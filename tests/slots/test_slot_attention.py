@@ -18,7 +18,7 @@ def make_module(**kwargs) -> SlotAttention:
 def _layer_norm(x: torch.Tensor, ln: torch.nn.LayerNorm) -> torch.Tensor:
     mean = sum(x) / len(x)
     var = sum((xi - mean) ** 2 for xi in x) / len(x)
-    return (x - mean) / math.sqrt(var + ln.eps) * ln.weight + ln.bias
+    return (x - mean) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias  # differentiable, for the gradient tests
 
 
 def _gru_cell(x: torch.Tensor, h: torch.Tensor, cell: torch.nn.GRUCell) -> torch.Tensor:
@@ -141,3 +141,45 @@ def test_bad_arguments_raise():
         m(torch.randn(B, N, D_IN + 1, dtype=torch.float64))
     with pytest.raises(ValueError, match="slots_init"):
         m(torch.randn(B, N, D_IN).double(), torch.randn(B, K, D + 1).double())
+
+
+def _truncated_reference(m: SlotAttention, inputs: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 1 run T - 1 times, its slots cut off from the graph as a new leaf, then once more:
+    (the final slots, that leaf), both for one example."""
+    iters = m.iters
+    try:
+        m.iters = iters - 1
+        before, _ = reference_slot_attention(m, inputs, slots)
+        leaf = before.detach().requires_grad_()
+        m.iters = 1
+        after, _ = reference_slot_attention(m, inputs, leaf)
+    finally:
+        m.iters = iters
+    return after, leaf
+
+
+@pytest.mark.parametrize("gradient", ["fixed-point", "bi-level"])
+def test_truncated_gradient_flows_through_the_last_iteration_only(gradient):
+    m = make_module(init="learned", gradient=gradient)
+    inputs = torch.randn(1, N, D_IN, dtype=torch.float64, requires_grad=True)
+    slots, _ = m(inputs)
+    full = make_module(init="learned")
+    torch.testing.assert_close(slots, full(inputs)[0])  # the forward value is Algorithm 1's
+    weights = torch.randn_like(slots)
+    grad_inputs, grad_init = torch.autograd.grad((slots * weights).sum(), (inputs, m.slots_init), allow_unused=True)
+
+    ref_inputs = inputs.detach()[0].requires_grad_()
+    after, leaf = _truncated_reference(m, ref_inputs, m.slots_init.detach())
+    ref_grad_inputs, ref_grad_leaf = torch.autograd.grad((after * weights[0]).sum(), (ref_inputs, leaf))
+    torch.testing.assert_close(grad_inputs[0], ref_grad_inputs)
+    full_grad_inputs = torch.autograd.grad((full(inputs)[0] * weights).sum(), inputs)[0]
+    assert not torch.allclose(full_grad_inputs, grad_inputs)  # the earlier iterations do carry gradient
+    if gradient == "fixed-point":  # the initial slots are cut off
+        assert grad_init is None or grad_init.abs().max() == 0
+    else:  # straight through: the initial slots get the last iteration's input gradient
+        torch.testing.assert_close(grad_init, ref_grad_leaf)
+
+
+def test_unknown_gradient_mode_is_refused():
+    with pytest.raises(ValueError, match="gradient="):
+        SlotAttention(K, D, D_IN, gradient="none")

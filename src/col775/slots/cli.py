@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from col775.slots.scenes import write_scene_folder
+from col775.slots.scenes import SCENE_STYLES, write_scene_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +41,8 @@ def _add_make_scenes(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-objects", type=int, default=1)
     parser.add_argument("--max-objects", type=int, default=10)
     parser.add_argument("--workers", type=int, default=1, help="processes rendering in parallel")
+    parser.add_argument("--scene-style", choices=SCENE_STYLES, default="textured",
+                        help="textured (CLEVRTex-like, the default) or simple (solid colours, plain background)")
     parser.set_defaults(handler=_run_make_scenes)
 
 
@@ -52,7 +54,7 @@ def _run_make_scenes(args: argparse.Namespace) -> int:
     n_val = round(args.n * args.val_fraction)
     out = write_scene_folder(
         args.out, n_train=args.n - n_val, n_val=n_val, size=args.size, seed=args.seed,
-        min_objects=args.min_objects, max_objects=args.max_objects, workers=args.workers,
+        min_objects=args.min_objects, max_objects=args.max_objects, workers=args.workers, style=args.scene_style,
     )
     print(f"wrote {args.n - n_val} train and {n_val} val scenes to {out}", file=sys.stderr)
     return 0

@@ -84,6 +84,8 @@ class SlotsConfig:
     slot_iters: int = 3
     slot_hidden_dim: int = 128
     slot_init: str = "gaussian"  # gaussian | learned
+    slot_gradient: str = "full"  # through every iteration | fixed-point (the last only) | bi-level (BO-QSA)
+    position_init_gain: float = 1.0  # x the encoder position embedding's initial weights (1 = the paper's)
     encoder_channels: list[int] = field(default_factory=lambda: [64, 64, 64, 64])
     encoder_strides: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
     encoder_kernel: int = 5
@@ -173,6 +175,7 @@ class SlotsConfig:
         return SlotEncoderConfig(
             image_size=self.image_size, num_slots=self.num_slots, slot_dim=self.slot_dim,
             slot_iters=self.slot_iters, slot_hidden_dim=self.slot_hidden_dim, slot_init=self.slot_init,
+            slot_gradient=self.slot_gradient, position_init_gain=self.position_init_gain,
             encoder_channels=tuple(self.encoder_channels), encoder_strides=tuple(self.encoder_strides),
             encoder_kernel=self.encoder_kernel,
         )  # fmt: skip

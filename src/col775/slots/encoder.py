@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from col775.slots.slot_attention import SLOT_INITS, SlotAttention
+from col775.slots.slot_attention import SLOT_GRADIENTS, SLOT_INITS, SlotAttention
 
 
 @dataclass
@@ -20,6 +20,9 @@ class SlotEncoderConfig:
     """Encoder and Slot Attention settings; the defaults are the paper's CLEVR model with K = 11.
 
     Conv i has encoder_channels[i] channels and stride encoder_strides[i] ("same" padding).
+    `position_init_gain` scales the encoder position embedding's initial weights: at the paper's 1, the
+    added position is ~10x the CNN's image content at the start and decides the first attention alone; a
+    smaller gain lets content lead from the first step.
     """
 
     image_size: int = 128
@@ -28,6 +31,8 @@ class SlotEncoderConfig:
     slot_iters: int = 3
     slot_hidden_dim: int = 128
     slot_init: str = "gaussian"
+    slot_gradient: str = "full"
+    position_init_gain: float = 1.0
     encoder_channels: tuple[int, ...] = (64, 64, 64, 64)
     encoder_strides: tuple[int, ...] = (1, 1, 1, 1)
     encoder_kernel: int = 5
@@ -35,6 +40,10 @@ class SlotEncoderConfig:
     def __post_init__(self) -> None:
         if self.slot_init not in SLOT_INITS:
             raise ValueError(f"slot_init={self.slot_init!r} is unknown; use one of {SLOT_INITS}")
+        if self.slot_gradient not in SLOT_GRADIENTS:
+            raise ValueError(f"slot_gradient={self.slot_gradient!r} is unknown; use one of {SLOT_GRADIENTS}")
+        if self.position_init_gain < 0:
+            raise ValueError(f"position_init_gain must be >= 0, got {self.position_init_gain}")
         check_layers(self, "encoder")
         down = math.prod(self.encoder_strides)
         if self.image_size % down:
@@ -62,6 +71,18 @@ def position_grid(height: int, width: int) -> Tensor:
     """[H, W, 4] grid of (x, y, 1 - x, 1 - y), each coordinate running 0..1 across the map."""
     y, x = torch.meshgrid(torch.linspace(0.0, 1.0, height), torch.linspace(0.0, 1.0, width), indexing="ij")
     return torch.stack([x, y, 1.0 - x, 1.0 - y], dim=-1)
+
+
+def glorot_init(module: nn.Module) -> None:
+    """Re-initialise every Linear, Conv2d and ConvTranspose2d in `module` as the paper's TensorFlow model is
+    (Keras' defaults): Glorot-uniform weights, zero biases. PyTorch's defaults shrink activations about 2.5x
+    per ReLU conv layer, so after the encoder's CNN the image content is ~50x smaller than the added
+    position embedding, which then decides the attention alone: slots bind to positions, not objects."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
 
 class SoftPositionEmbed(nn.Module):
@@ -93,8 +114,11 @@ class SlotEncoder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(in_ch, in_ch), nn.ReLU(), nn.Linear(in_ch, in_ch))
         self.slot_attention = SlotAttention(
             num_slots=config.num_slots, dim=config.slot_dim, input_dim=in_ch, iters=config.slot_iters,
-            hidden_dim=config.slot_hidden_dim, init=config.slot_init,
+            hidden_dim=config.slot_hidden_dim, init=config.slot_init, gradient=config.slot_gradient,
         )  # fmt: skip
+        glorot_init(self)
+        with torch.no_grad():
+            self.position.proj.weight.mul_(config.position_init_gain)
 
     def features(self, images: Tensor) -> Tensor:
         """Slot Attention's inputs [B, N, C]."""

@@ -42,7 +42,7 @@ def scene_root(config: SlotsConfig) -> Path:
             raise FileNotFoundError(f"data folder {root} does not exist; pass --data DIR, or leave it out to generate scenes")
         return root
     name = (
-        f"scenes-s{config.image_size}-n{config.n_train}-{config.n_val}-"
+        f"scenes-{config.scene_style}-s{config.image_size}-n{config.n_train}-{config.n_val}-"
         f"obj{config.min_objects}-{config.max_objects}-seed{config.seed}"
     )
     root = cache_root(config) / "scenes" / name
@@ -54,6 +54,7 @@ def scene_root(config: SlotsConfig) -> Path:
     write_scene_folder(
         tmp, config.n_train, config.n_val, size=config.image_size, seed=config.seed,
         min_objects=config.min_objects, max_objects=config.max_objects, workers=min(os.cpu_count() or 1, 8),
+        style=config.scene_style,
     )  # fmt: skip
     if (root / "scenes.json").is_file():  # another process finished the same scenes first
         shutil.rmtree(tmp)

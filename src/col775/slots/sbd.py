@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from col775.slots.encoder import SlotEncoder, SlotEncoderConfig, SoftPositionEmbed, check_layers
+from col775.slots.encoder import SlotEncoder, SlotEncoderConfig, SoftPositionEmbed, check_layers, glorot_init
 
 
 @dataclass
@@ -83,6 +83,7 @@ class SpatialBroadcastDecoder(nn.Module):
             in_ch = out_ch
         layers.append(nn.Conv2d(in_ch, 4, 3, 1, 1))
         self.cnn = nn.Sequential(*layers)
+        glorot_init(self)
 
     def forward(self, slots: Tensor) -> Tensor:
         batch, num_slots, dim = slots.shape

@@ -12,6 +12,10 @@ Colour alone should not separate the objects, as in CLEVRTex: each scene draws a
 the floor and many objects take their colours (and often their pattern) from it, so an
 object's colours recur on the floor and on other objects.
 
+The "simple" style (`SCENE_STYLES`) is the easy variant, like Multi-dSprites or CLEVR: a steeper
+camera, one plain background colour per scene (no texture, shadow or haze) and objects of one
+saturated colour each, shaded only by the light's angle, so colour separates the objects.
+
 `render_scene(seed)` is the one-call entry point; `sample_scene` and `draw_scene` are the
 two halves for anyone who wants to edit a scene (tests move objects to check occlusion).
 `write_scene_folder` writes the course's folder layout (`images/{train,val}/*.png` and
@@ -24,6 +28,7 @@ from __future__ import annotations
 import colorsys
 import json
 import math
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -542,10 +547,11 @@ def _fits_in_frame(camera: Camera, obj: SceneObject, margin: float = 0.97, min_h
 
 
 def _place_objects(
-    rng: np.random.Generator, camera: Camera, wall_distance: float, palette: list[np.ndarray],
-    floor: Material, count: int,
+    rng: np.random.Generator, camera: Camera, wall_distance: float, floor: Material, count: int,
+    dress: Callable[[float], Material], min_height: float = 0.12,
 ) -> list[SceneObject]:
-    """Up to `count` non-intersecting objects fully inside the frame (rejection sampling)."""
+    """Up to `count` non-intersecting objects fully inside the frame (rejection sampling), each at least
+    `min_height` of the frame tall; `dress(size)` gives an accepted object its material."""
     objects: list[SceneObject] = []
     for _ in range(count * 30):
         if len(objects) == count:
@@ -563,8 +569,8 @@ def _place_objects(
         clear = all(
             math.hypot(obj.x - o.x, obj.z - o.z) > obj.footprint_radius + o.footprint_radius + 0.1 for o in objects
         )
-        if clear and _fits_in_frame(camera, obj):
-            objects.append(replace(obj, material=_object_material(rng, palette, floor, size)))
+        if clear and _fits_in_frame(camera, obj, min_height=min_height):
+            objects.append(replace(obj, material=dress(size)))
     return objects
 
 
@@ -574,18 +580,21 @@ def sample_scene(
     min_objects: int = 1,
     max_objects: int = 10,
     min_visible_pixels: int | None = None,
+    style: str = "textured",
 ) -> Scene:
-    """A random scene whose objects each show at least `min_visible_pixels` pixels at `size`.
+    """A random scene of `style` (`SCENE_STYLES`) whose objects each show at least `min_visible_pixels` pixels at `size`.
 
     Objects hidden (almost) entirely behind others are dropped; as removing an object only
     uncovers the rest, one pass suffices. Default `min_visible_pixels` is size*size/1000 (16 at 128).
     """
     if not 0 <= min_objects <= max_objects:
         raise ValueError(f"need 0 <= min_objects <= max_objects, got {min_objects} and {max_objects}")
+    check_style(style)
+    layout = _sample_simple_layout if style == "simple" else _sample_layout
     rng = np.random.default_rng(rng_or_seed)
     min_visible = max(1, size * size // 1000) if min_visible_pixels is None else min_visible_pixels
     for _ in range(50):
-        scene = _sample_layout(rng, int(rng.integers(min_objects, max_objects + 1)))
+        scene = layout(rng, int(rng.integers(min_objects, max_objects + 1)))
         counts = np.bincount(object_ids(scene, size).ravel(), minlength=len(scene.objects) + 1)[1:]
         scene.objects = [obj for obj, n in zip(scene.objects, counts) if n >= min_visible]
         if len(scene.objects) >= min_objects:
@@ -595,16 +604,27 @@ def sample_scene(
     )
 
 
+def check_style(style: str) -> None:
+    """Refuse a scene style that is not one of `SCENE_STYLES`."""
+    if style not in SCENE_STYLES:
+        raise ValueError(f"scene_style must be one of {SCENE_STYLES}, got {style!r}")
+
+
+def _random_light(rng: np.random.Generator) -> np.ndarray:
+    """Unit vector towards a light 35-65 degrees up, from behind and beside the camera."""
+    elevation, azimuth = math.radians(rng.uniform(35.0, 65.0)), math.radians(rng.uniform(110.0, 250.0))
+    return np.array(
+        [math.cos(elevation) * math.sin(azimuth), math.sin(elevation), math.cos(elevation) * math.cos(azimuth)]
+    )
+
+
 def _sample_layout(rng: np.random.Generator, count: int) -> Scene:
     camera = Camera(
         height=rng.uniform(6.0, 9.0),
         pitch=math.radians(rng.uniform(22.0, 48.0)),
         fov=math.radians(rng.uniform(40.0, 50.0)),
     )
-    elevation, azimuth = math.radians(rng.uniform(35.0, 65.0)), math.radians(rng.uniform(110.0, 250.0))
-    light = np.array(
-        [math.cos(elevation) * math.sin(azimuth), math.sin(elevation), math.cos(elevation) * math.cos(azimuth)]
-    )
+    light = _random_light(rng)
     palette = _palette(rng)
     floor_pattern = str(rng.choice(["noise", "rock", "rock", "tiles", "marble", "checks", "stripes", "rings", "dots"]))
     i, j = rng.choice(len(palette), size=2, replace=False)
@@ -615,8 +635,46 @@ def _sample_layout(rng: np.random.Generator, count: int) -> Scene:
     backdrop = replace(_material(rng, str(rng.choice(PATTERNS)), backdrop_colors, rng.uniform(0.1, 0.3)), shininess=0.0)
     wall_distance = float(rng.uniform(28.0, 40.0))
     noise = rng.random((_NOISE_PERIOD,) * 3, dtype=np.float32)
-    objects = _place_objects(rng, camera, wall_distance, palette, floor, count)
+    objects = _place_objects(
+        rng, camera, wall_distance, floor, count, lambda size: _object_material(rng, palette, floor, size)
+    )
     return Scene(camera, light, floor, backdrop, wall_distance, objects, noise)
+
+
+def _solid(colour: np.ndarray) -> Material:
+    """A material of one colour everywhere (its pattern does not matter)."""
+    return Material(pattern="checks", colors=np.stack([colour, colour]), frequency=1.0, rotation=np.eye(3), offset=np.zeros(3))
+
+
+def _sample_simple_layout(rng: np.random.Generator, count: int) -> Scene:
+    """A Multi-dSprites/CLEVR-like layout: a steeper camera, one plain muted background colour (floor and
+    backdrop alike) and objects of one saturated colour each, at least a fifth of the frame tall."""
+    camera = Camera(
+        height=rng.uniform(7.0, 9.0), pitch=math.radians(rng.uniform(50.0, 65.0)), fov=math.radians(rng.uniform(44.0, 50.0))
+    )  # fmt: skip
+    light = _random_light(rng)
+    plain = _solid(_hsv(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(0.3, 0.6)))
+    noise = np.zeros((1, 1, 1), dtype=np.float32)  # solid colours sample no noise
+
+    def dress(size: float) -> Material:
+        return _solid(_hsv(rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0)))
+
+    objects = _place_objects(rng, camera, 40.0, plain, count, dress, min_height=0.2)
+    return Scene(camera, light, plain, plain, 40.0, objects, noise)
+
+
+def draw_simple_scene(scene: Scene, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Render a simple-style scene: the background pixels take the floor's plain colour exactly, each object
+    its own colour under ambient + diffuse light (no texture, shadow or haze). Same outputs as `draw_scene`."""
+    origin, dirs, t, ids, _ = _first_hits(scene, size)
+    colour = np.broadcast_to(scene.floor.colors[0], (len(ids), 3)).copy()
+    points = origin + t[:, None] * dirs
+    for k, obj in enumerate(scene.objects):
+        selected = ids == k + 1
+        light = np.clip(_object_normals(obj, points[selected]) @ scene.light, 0.0, 1.0)
+        colour[selected] = obj.material.colors[0] * (0.55 + 0.45 * light)[:, None]
+    image = (np.clip(colour, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return image.reshape(size, size, 3), ids.reshape(size, size).astype(np.uint8)
 
 
 def render_scene(
@@ -624,12 +682,14 @@ def render_scene(
     size: int = 128,
     min_objects: int = 1,
     max_objects: int = 10,
+    style: str = "textured",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One random scene: image (size, size, 3) uint8 and mask (size, size) uint8, 0 = background.
+    """One random scene of `style`: image (size, size, 3) uint8 and mask (size, size) uint8, 0 = background.
 
     The same seed gives the same scene. Object ids are 1..n with every id present.
     """
-    return draw_scene(sample_scene(rng_or_seed, size, min_objects, max_objects), size)
+    scene = sample_scene(rng_or_seed, size, min_objects, max_objects, style=style)
+    return (draw_simple_scene if style == "simple" else draw_scene)(scene, size)
 
 
 # ------------------------------------------------------------------------------- folders
@@ -640,10 +700,10 @@ def mask_to_colors(mask: np.ndarray) -> np.ndarray:
     return MASK_PALETTE[mask]
 
 
-def _write_one(job: tuple[Path, str, int, int, int, int, int]) -> None:
-    out_dir, split, index, seed, size, min_objects, max_objects = job
+def _write_one(job: tuple[Path, str, int, int, int, int, int, str]) -> None:
+    out_dir, split, index, seed, size, min_objects, max_objects, style = job
     split_code = {"train": 0, "val": 1}[split]
-    image, mask = render_scene(np.random.default_rng([seed, split_code, index]), size, min_objects, max_objects)
+    image, mask = render_scene(np.random.default_rng([seed, split_code, index]), size, min_objects, max_objects, style)
     name = f"{index:06d}.png"
     Image.fromarray(image).save(out_dir / "images" / split / name, compress_level=3)
     Image.fromarray(mask_to_colors(mask)).save(out_dir / "masks" / split / name, compress_level=3)
@@ -658,20 +718,23 @@ def write_scene_folder(
     min_objects: int = 1,
     max_objects: int = 10,
     workers: int = 1,
+    style: str = "textured",
 ) -> Path:
-    """Write `images/{train,val}/NNNNNN.png` and colour-coded `masks/{train,val}/NNNNNN.png`.
+    """Write `images/{train,val}/NNNNNN.png` and colour-coded `masks/{train,val}/NNNNNN.png` of `style`.
 
-    Scene i of a split is seeded by (seed, split, i), so the files do not depend on `workers`.
+    Scene i of a split is seeded by (seed, split, i), so the files do not depend on `workers`
+    and no validation scene shares its random stream with a training scene.
     A `scenes.json` beside them records the settings. Returns `out_dir` as a Path.
     """
     if n_train < 0 or n_val < 0:
         raise ValueError(f"scene counts must be >= 0, got n_train={n_train}, n_val={n_val}")
+    check_style(style)
     out = Path(out_dir)
     jobs = []
     for split, count in (("train", n_train), ("val", n_val)):
         for kind in ("images", "masks"):
             (out / kind / split).mkdir(parents=True, exist_ok=True)
-        jobs += [(out, split, i, seed, size, min_objects, max_objects) for i in range(count)]
+        jobs += [(out, split, i, seed, size, min_objects, max_objects, style) for i in range(count)]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             list(pool.map(_write_one, jobs, chunksize=16))
@@ -679,7 +742,7 @@ def write_scene_folder(
         for job in jobs:
             _write_one(job)
     settings = dict(
-        generator="col775.slots.scenes", seed=seed, size=size, n_train=n_train, n_val=n_val,
+        generator="col775.slots.scenes", style=style, seed=seed, size=size, n_train=n_train, n_val=n_val,
         min_objects=min_objects, max_objects=max_objects, mask_format="RGB, MASK_PALETTE, background black",
     )
     (out / "scenes.json").write_text(json.dumps(settings, indent=2) + "\n")

@@ -13,6 +13,11 @@ import torch
 from torch import Tensor, nn
 
 SLOT_INITS = ("gaussian", "learned")
+# Which iterations the loss's gradient flows back through: all of them (the paper); only the last, which starts
+# from the detached slots of the others (Chang et al. 2022's implicit differentiation, "fixed-point"); or that
+# plus a straight-through path from the last iteration's input to the initial slots, so that learned initial
+# slots still get a gradient (Jia et al. 2023's BO-QSA, "bi-level").
+SLOT_GRADIENTS = ("full", "fixed-point", "bi-level")
 
 
 class SlotAttention(nn.Module):
@@ -21,6 +26,7 @@ class SlotAttention(nn.Module):
     init="gaussian" samples the initial slots from N(mu, diag(sigma)^2) with learnable mu and
     log sigma shared by all slots (the paper); init="learned" starts from K learned vectors
     (Singh et al.'s option for complex scenes), which makes the output deterministic.
+    `gradient` is one of `SLOT_GRADIENTS`.
     """
 
     def __init__(
@@ -32,10 +38,13 @@ class SlotAttention(nn.Module):
         hidden_dim: int = 128,
         eps: float = 1e-8,
         init: str = "gaussian",
+        gradient: str = "full",
     ) -> None:
         super().__init__()
         if init not in SLOT_INITS:
             raise ValueError(f"SlotAttention init={init!r} is unknown; use one of {SLOT_INITS}")
+        if gradient not in SLOT_GRADIENTS:
+            raise ValueError(f"SlotAttention gradient={gradient!r} is unknown; use one of {SLOT_GRADIENTS}")
         if num_slots < 1 or dim < 1 or input_dim < 1 or iters < 1:
             raise ValueError(
                 f"SlotAttention needs num_slots, dim, input_dim, iters >= 1, got "
@@ -47,6 +56,7 @@ class SlotAttention(nn.Module):
         self.iters = iters
         self.eps = eps
         self.init = init
+        self.gradient = gradient
 
         if init == "gaussian":
             self.slots_mu = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, dim)))
@@ -97,14 +107,18 @@ class SlotAttention(nn.Module):
             )
         else:
             slots = slots_init
-        num_slots = slots.shape[1]
+        num_slots, first = slots.shape[1], slots
 
         inputs = self.norm_inputs(inputs)
         keys_t = self.to_k(inputs).transpose(1, 2)  # [B, D, N]
         v = self.to_v(inputs)  # [B, N, D]
         scale = 1.0 / math.sqrt(self.dim)
 
-        for _ in range(self.iters):
+        for step in range(self.iters):
+            if step == self.iters - 1 and self.gradient != "full":
+                slots = slots.detach()
+                if self.gradient == "bi-level":  # forward value unchanged; d(loss)/d(first) = d(loss)/d(slots)
+                    slots = slots + first - first.detach()
             slots_prev = slots
             # 1/sqrt(D) scales q [B, K, D] rather than the logits [B, K, N]: same result, less work.
             q = self.to_q(self.norm_slots(slots)) * scale
