@@ -27,6 +27,15 @@ import numpy as np
 META = "meta.json"
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's content, read in 1 MiB chunks (checkpoints can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def files_key(header: str, entries: Iterable[tuple[Path, object]]) -> str:
     """Hash of `header` (the settings) and, for each (file, tag), the file's path, size, mtime and tag."""
     digest = hashlib.sha256(header.encode())

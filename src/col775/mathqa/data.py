@@ -23,7 +23,6 @@ Targets are ``<bos>`` + ``programs.program_tokens(linear_formula)`` + ``<eos>``.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import random
@@ -38,6 +37,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Sampler
 
+from col775.core import disk_cache
 from col775.core.runs import atomic_write_bytes
 from col775.mathqa import programs
 
@@ -53,21 +53,21 @@ _WORD = re.compile(r"\S+")
 # ---------------------------------------------------------------- files
 
 
-def _read(path: Path) -> bytes:
+def _existing(path: Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"MathQA file {path} does not exist")
-    return path.read_bytes()
+    return path
 
 
 def file_sha256(path: str | Path) -> str:
     """Content hash of a data file (a resumed run checks that its train and dev files are unchanged)."""
-    return hashlib.sha256(_read(Path(path))).hexdigest()
+    return disk_cache.file_sha256(_existing(Path(path)))
 
 
 def load_split(path: str | Path) -> list[dict[str, Any]]:
     """Records of one course json file, each checked to have Problem, linear_formula and answer."""
     path = Path(path)
-    text = _read(path)
+    text = _existing(path).read_bytes()
     try:
         records = json.loads(text.decode("utf-8"))
     except json.JSONDecodeError as error:

@@ -228,17 +228,23 @@ def build_report(config: ResnetConfig, results: dict[str, dict], out: Path, dive
     norm_runs = [n for n in results if n.startswith("norm-")]
     report.heading("Accuracy, micro F1 and macro F1 (%)")
     headers = ["run"] + [f"{split} {metric}" for split in ("train", "val", "test") for metric in ("acc", "micro F1", "macro F1")]
-    headers += ["best epoch", "epochs run", "images/s"]
+    headers += ["best epoch", "epochs run", "images/s", "training minutes"]
     rows = []
     for name, run in results.items():
         m = run["metrics"]
         row = [_label(name, run)]
         row += [_fmt(m[split][key]) for split in ("train", "val", "test") for key in ("accuracy", "micro_f1", "macro_f1")]
-        row += [(m["best_epoch"] or 0) + 1, m["epochs_run"], f"{m['images_per_second']:.1f}"]
+        row += [(m["best_epoch"] or 0) + 1, m["epochs_run"], f"{m['images_per_second']:.1f}", _minutes(run)]
         rows.append(row)
     for name, run in diverged.items():
         rows.append([_label(name, run), diverged_text(run["diverged"])] + [""] * (len(headers) - 2))
     report.table(headers, rows)
+    known = [run for run in results.values() if all("epoch_seconds" in r for r in run["history"])]
+    report.text("Training minutes are wall-clock minutes of each epoch's training and its two evaluations, summed "
+                f"over the epochs; the runs of this table together: {sum(_seconds(r) for r in known) / 60:.0f} minutes"
+                + (f" (not counting {len(results) - len(known)} runs made before epoch times were recorded)"
+                   if len(known) < len(results) else "")
+                + ". The machine and thread count of each run are in its settings below.")
     if diverged:
         report.text(f"Runs whose loss became NaN or inf ({', '.join(diverged)}) are left out of the curves and "
                     "comparisons below; each folder's diverged.json says where, and `--force` trains them again.")
@@ -269,6 +275,15 @@ def build_report(config: ResnetConfig, results: dict[str, dict], out: Path, dive
     for name, run in (results | diverged).items():
         report.settings(name, run["config"], read_provenance(run["path"]))
     return report
+
+
+def _seconds(run: dict) -> float:
+    return sum(r.get("epoch_seconds", 0.0) for r in run["history"])
+
+
+def _minutes(run: dict) -> str:
+    """A run's training minutes, or "?" when its epochs were recorded without their times."""
+    return f"{_seconds(run) / 60:.0f}" if all("epoch_seconds" in r for r in run["history"]) else "?"
 
 
 def add_sanity_check(report: Report, torch_run: dict, ours: dict, figures: Path) -> None:

@@ -26,53 +26,40 @@ from col775.slots.slot_model import SAMPLE_STREAM, SlotModel, example_generators
 ARI, FG_ARI, MIOU, MSE, RECONSTRUCTED, MASKED = range(6)
 
 
+def batch_rows(model: SlotModel, batch: dict, device: torch.device, miou: bool, max_recon_images: int | None,
+               seed: int | None) -> torch.Tensor:
+    """[B, 6] float64: one row per image of `batch`, in its order (the columns above); the options are
+    `evaluate`'s."""
+    images = batch["image"].to(device)
+    index = batch["index"]
+    recon_count = 0 if max_recon_images is None else len(images)
+    if max_recon_images:
+        recon_count = int((index < max_recon_images).sum())  # a prefix: a loader reads its split in order
+    row = torch.full((len(images), 6), float("nan"), dtype=torch.float64)
+    row[:, RECONSTRUCTED] = torch.arange(len(images)) < recon_count
+    row[:, MASKED] = "mask" in batch
+    if recon_count:
+        noise = None if seed is None else example_generators(index[:recon_count].tolist(), SAMPLE_STREAM, seed)
+        out = model.explain(images[:recon_count], noise)
+        error = (out["recon"].float() - images[:recon_count]) ** 2
+        row[:recon_count, MSE] = error.flatten(1).double().mean(1).cpu()
+        rest = images[recon_count:]
+        masks = torch.cat([out["masks"], model.masks(rest)]) if len(rest) else out["masks"]
+    else:
+        masks = model.masks(images)
+    if "mask" in batch:
+        labels = masks.argmax(dim=1)
+        true = batch["mask"].to(labels.device)
+        if labels.shape != true.shape:
+            raise ValueError(f"predicted labels {tuple(labels.shape)} do not match masks {tuple(true.shape)}")
+        row[:, ARI] = ari(labels, true).cpu()
+        row[:, FG_ARI] = fg_ari(labels, true).cpu()
+        if miou:
+            row[:, MIOU] = miou_hungarian(labels, true).cpu()
+    return row
+
+
 @torch.no_grad()
-def example_scores(
-    model: SlotModel,
-    loader: DataLoader,
-    device: torch.device,
-    desc: str = "evaluate",
-    miou: bool = True,
-    max_recon_images: int | None = 0,
-    seed: int | None = None,
-) -> np.ndarray:
-    """[N, 6] float64: one row per image of `loader`, in its order (the columns above).
-
-    The images whose split index ("index") is below `max_recon_images` are reconstructed (0 = all,
-    None = none); with `seed`, each from its own generator (`example_generators`), so its sample is the
-    same in any batch and on any rank."""
-    rows = []
-    for batch in progress(loader, desc):
-        images = batch["image"].to(device)
-        index = batch["index"]
-        recon_count = 0 if max_recon_images is None else len(images)
-        if max_recon_images:
-            recon_count = int((index < max_recon_images).sum())  # a prefix: a loader reads its split in order
-        row = torch.full((len(images), 6), float("nan"), dtype=torch.float64)
-        row[:, RECONSTRUCTED] = torch.arange(len(images)) < recon_count
-        row[:, MASKED] = "mask" in batch
-        if recon_count:
-            noise = None if seed is None else example_generators(index[:recon_count].tolist(), SAMPLE_STREAM, seed)
-            out = model.explain(images[:recon_count], noise)
-            error = (out["recon"].float() - images[:recon_count]) ** 2
-            row[:recon_count, MSE] = error.flatten(1).double().mean(1).cpu()
-            rest = images[recon_count:]
-            masks = torch.cat([out["masks"], model.masks(rest)]) if len(rest) else out["masks"]
-        else:
-            masks = model.masks(images)
-        if "mask" in batch:
-            labels = masks.argmax(dim=1)
-            true = batch["mask"].to(labels.device)
-            if labels.shape != true.shape:
-                raise ValueError(f"predicted labels {tuple(labels.shape)} do not match masks {tuple(true.shape)}")
-            row[:, ARI] = ari(labels, true).cpu()
-            row[:, FG_ARI] = fg_ari(labels, true).cpu()
-            if miou:
-                row[:, MIOU] = miou_hungarian(labels, true).cpu()
-        rows.append(row)
-    return torch.cat(rows).numpy() if rows else np.empty((0, 6))
-
-
 def evaluate(
     model: SlotModel,
     loader: DataLoader,
@@ -86,9 +73,11 @@ def evaluate(
     unavailable. Under torch.distributed `loader` reads this rank's shard (loaders.own_shard) and the
     images of every rank are gathered in order, so each counts once; every rank gets the same numbers.
 
-    The MSE is over the images whose index is below `max_recon_images` (0 = all, None = none: no
-    reconstruction); `seed` seeds each image's sampling noise (see `example_scores`)."""
-    rows = gather_in_order(example_scores(model, loader, device, desc, miou, max_recon_images, seed))
+    The MSE is over the images whose split index ("index") is below `max_recon_images` (0 = all, None =
+    none: no reconstruction); with `seed`, each image's sample comes from its own generator
+    (`example_generators`), so it is the same in any batch and on any rank."""
+    local = [batch_rows(model, batch, device, miou, max_recon_images, seed) for batch in progress(loader, desc)]
+    rows = gather_in_order(torch.cat(local).numpy() if local else np.empty((0, 6)))
     masked = rows[:, MASKED] == 1
     reconstructed = rows[:, RECONSTRUCTED] == 1
     result: dict[str, float | int | None] = {

@@ -27,7 +27,6 @@ takes `--vae`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -41,6 +40,7 @@ from torch.utils.data import DataLoader
 
 from col775.core.distributed import (barrier, from_rank0, gather_in_order, gather_shards, init_distributed,
                                      is_distributed, rank, sum_over_ranks, world_size)
+from col775.core.disk_cache import file_sha256
 from col775.core.runs import RunDir, atomic_write_json
 from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything, single_process
 from col775.slots.build import build_model, build_vae, compile_trainable, load_vae
@@ -199,11 +199,7 @@ def checkpoint_fingerprint(run_dir: str | Path) -> str:
     path = folder / "best.pt" if (folder / "best.pt").is_file() else folder / "last.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{folder} holds no checkpoint; train the run first")
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def load_trained(config: SlotsConfig, run_dir: str | Path, device: torch.device | None = None) -> SlotModel:
