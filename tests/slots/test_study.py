@@ -41,6 +41,11 @@ def test_study_writes_a_report_with_scores_masks_and_generated_images(cache, tmp
                  "Slots of validation images", "about 161", "Observations"):  # fmt: skip
         assert text in html, text
     assert html.count("data:image/png;base64") >= 4  # loss, ARI curve, masks, generated grid
+    # The scores by object count hold every validation image once.
+    md = (out / "report.md").read_text()
+    section = md.split("Scores by number of objects")[1].split("###")[0]
+    counts = [int(line.split("|")[2]) for line in section.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert sum(counts) == 6
     summary = json.loads((out / "summary.json").read_text())
     assert all(isinstance(summary[k], float) for k in ("sbd_ari", "sbd_fg_ari", "sbd_mse", "sbd_fid"))
     assert summary["sbd_fid"] > 0 and summary["sbd_sampler"] is None

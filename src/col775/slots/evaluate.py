@@ -87,3 +87,23 @@ def evaluate(
     result["mse"] = float(rows[reconstructed, MSE].mean()) if reconstructed.any() else None  # images of one size
     result["images"] = len(rows)
     return result
+
+
+@torch.no_grad()
+def by_object_count(model: SlotModel, loader: DataLoader, device: torch.device) -> list[dict[str, float | int]]:
+    """ARI, FG-ARI and mIoU of the images of `loader` grouped by their number of objects (true labels
+    other than 0, the background), one row per count in increasing order; [] when the data has no masks.
+
+    Where one count scores far below the others, the number of objects is what the model gets wrong
+    (e.g. spare slots sharing an object when there are fewer objects than slots)."""
+    rows, counts = [], []
+    for batch in progress(loader, "scores by object count"):
+        if "mask" not in batch:
+            return []
+        rows.append(batch_rows(model, batch, device, miou=True, max_recon_images=None, seed=None))
+        counts += [int((labels.unique() != 0).sum()) for labels in batch["mask"]]
+    table, counts_t = torch.cat(rows), torch.tensor(counts)
+    return [{"objects": count, "images": int((counts_t == count).sum()),
+             **{name: mean_valid(table[counts_t == count, column])
+                for name, column in (("ari", ARI), ("fg_ari", FG_ARI), ("miou", MIOU))}}
+            for count in sorted(set(counts))]  # fmt: skip

@@ -10,7 +10,7 @@ the seed section when there are several seeds, and every run's settings and prov
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from col775.core.plots import line_plot
@@ -39,6 +39,7 @@ class DecoderResult:
     slots_png: Path  # every slot's mask for a few validation images
     name: str  # the run's name in the study without its seed: "sbd", "simple-diffusion", ...
     vae_run: dict | None = None  # read_run of the VAE the study trained for it (None: given with --vae)
+    by_objects: list[dict] = field(default_factory=list)  # evaluate.by_object_count's rows ([]: no masks)
 
     @property
     def label(self) -> str:
@@ -180,6 +181,15 @@ def _decoder_section(report: Report, result: DecoderResult) -> None:
     report.figure(result.slots_png, "Per validation image, top row: image, reconstruction, each slot's mask (white = 1); "
                                     "bottom row: true segments, predicted segments, each slot's reconstruction under "
                                     "its mask (the whole reconstruction where the decoder has no per-slot images)")
+    if result.by_objects:
+        report.heading("Scores by number of objects", 3)
+        report.table(["objects", "val images", "ARI (%)", "FG-ARI (%)", "mIoU (%)"],
+                     [[row["objects"], row["images"], _pct(row["ari"]), _pct(row["fg_ari"]), _pct(row["miou"])]
+                      for row in result.by_objects])  # fmt: skip
+        report.text("The same checkpoint and masks as the results table, on the same validation images, grouped by "
+                    f"how many objects each scene holds (K = {result.config.num_slots} slots): where the scenes with "
+                    "few objects score lowest, the spare slots are splitting objects rather than resting on the "
+                    "background.")
     report.heading("Compositional generation", 3)
     report.text(
         f"The {generation['library_slots']} slots of {generation['library_images']} training images were clustered by "

@@ -36,6 +36,7 @@ from col775.core.seeds import SeedNoise, by_variant, first_seed, seeded
 from col775.core.study import StudyOptions, Trainer, finished_runs, missing_notice, train_runs, write_plan
 from col775.core.training import pick_device, seed_everything
 from col775.slots.config import SlotsConfig, load_slots_config
+from col775.slots.evaluate import by_object_count
 from col775.slots.fid import fid_folders, inception_path, write_png_folder
 from col775.slots.generation import compositional_generation, to_uint8
 from col775.slots.loaders import Loaders, make_loaders
@@ -143,7 +144,8 @@ def study_decoder(config: SlotsConfig, out: Path, name: str, key: str, vae_runs:
     run["metrics"] |= evaluate_run(config, run_dir)  # the numbers of this config's sampler
     vae = Path(config.vae).parent if config.vae else None
     return DecoderResult(config=config, run=run, generation=generation, slots_png=slots_png, name=key,
-                         vae_run=read_run(vae) if vae is not None and vae.name in vae_runs else None)
+                         vae_run=read_run(vae) if vae is not None and vae.name in vae_runs else None,
+                         by_objects=by_object_count(model, loaders.val, device))
 
 
 def summarise(shown: dict[str, DecoderResult], scores: dict[str, dict], styles: list[str]) -> dict:
