@@ -162,7 +162,7 @@ def made_up_study(tmp_path, splits: list[str]) -> str:
             data.write_predictions(out / name / "predictions" / f"{split}.json", rows, ["add(n0,n1)"] * len(rows))
         metrics = {split: {"exact_match": 10.0 + i, "execution_accuracy": 20.0 + i, "token_accuracy": 30.0 + i}
                    for split in splits}
-        metrics |= {"best_epoch": 1, "epochs_run": 2, "parameters": 100, "train_examples_per_second": 50.0,
+        metrics |= {"best_epoch": 1, "epochs_run": 2, "parameters": 100, "train_examples_per_second": 50.0, "train_minutes": 3.0,
                     "gold_programs_with_unseen_tokens": {split: 1 for split in splits}}
         history = [{"epoch": e, "train/loss": 2.0 - e, "dev/loss": 2.5 - e, "dev/execution_accuracy": 10.0 * e}
                    for e in range(2)]

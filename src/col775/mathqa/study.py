@@ -320,11 +320,11 @@ def build_report(config: MathqaConfig, results: dict[str, dict], decoded: dict[s
         m = results[model_run(kind)]["metrics"]
         rows.append([names[kind]] + [_pct(m[split][key]) for split in splits for key, _ in METRICS]
                     + [m["best_epoch"] + 1, m["epochs_run"], m["parameters"], f"{m['train_examples_per_second']:.0f}",
-                       f"{_minutes(results[model_run(kind)]):.0f}"])
+                       f"{m['train_minutes']:.0f}"])
     report.table(headers, rows)
     report.text(f"Training minutes are wall-clock minutes of training and scoring dev each epoch, summed over the "
                 f"epochs (a cached frozen encoder's caching not included); every run of this study together: "
-                f"{sum(_minutes(run) for run in results.values()):.0f} minutes. The machine and thread count of "
+                f"{sum(run['metrics']['train_minutes'] for run in results.values()):.0f} minutes. The machine and thread count of "
                 "each run are in its settings below.")
     add_curves(report, results, names, figures)
     add_grammar(report, config, decoded, splits, names)
@@ -366,10 +366,6 @@ def unseen_tokens_sentence(metrics: dict[str, Any], sizes: dict[str, int]) -> st
         "emits, so they can never be matched exactly): "
         + ", ".join(f"{split} {n} of {sizes[split]}" for split, n in counts.items()) + "."
     )
-
-
-def _minutes(run: dict) -> float:
-    return sum(r.get("seconds", 0.0) for r in run["history"]) / 60
 
 
 def _epochs(run: dict) -> list[int]:

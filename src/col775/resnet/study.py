@@ -239,7 +239,7 @@ def build_report(config: ResnetConfig, results: dict[str, dict], out: Path, dive
     for name, run in diverged.items():
         rows.append([_label(name, run), diverged_text(run["diverged"])] + [""] * (len(headers) - 2))
     report.table(headers, rows)
-    known = [run for run in results.values() if all("epoch_seconds" in r for r in run["history"])]
+    known = [run for run in results.values() if _timed(run)]
     report.text("Training minutes are wall-clock minutes of each epoch's training and its two evaluations, summed "
                 f"over the epochs; the runs of this table together: {sum(_seconds(r) for r in known) / 60:.0f} minutes"
                 + (f" (not counting {len(results) - len(known)} runs made before epoch times were recorded)"
@@ -277,13 +277,18 @@ def build_report(config: ResnetConfig, results: dict[str, dict], out: Path, dive
     return report
 
 
+def _timed(run: dict) -> bool:
+    """Whether every epoch of the run recorded its time (runs from before epoch_seconds did not)."""
+    return all("epoch_seconds" in r for r in run["history"])
+
+
 def _seconds(run: dict) -> float:
-    return sum(r.get("epoch_seconds", 0.0) for r in run["history"])
+    return sum(r["epoch_seconds"] for r in run["history"])
 
 
 def _minutes(run: dict) -> str:
     """A run's training minutes, or "?" when its epochs were recorded without their times."""
-    return f"{_seconds(run) / 60:.0f}" if all("epoch_seconds" in r for r in run["history"]) else "?"
+    return f"{_seconds(run) / 60:.0f}" if _timed(run) else "?"
 
 
 def add_sanity_check(report: Report, torch_run: dict, ours: dict, figures: Path) -> None:

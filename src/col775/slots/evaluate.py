@@ -24,6 +24,7 @@ from col775.slots.slot_model import SAMPLE_STREAM, SlotModel, example_generators
 # The columns of one image's row: its scores (NaN where it has none), its reconstruction's mean squared
 # error over pixels and channels, and whether it was reconstructed / has a mask.
 ARI, FG_ARI, MIOU, MSE, RECONSTRUCTED, MASKED = range(6)
+SCORE_COLUMNS = (("ari", ARI), ("fg_ari", FG_ARI), ("miou", MIOU))
 
 
 def batch_rows(model: SlotModel, batch: dict, device: torch.device, miou: bool, max_recon_images: int | None,
@@ -82,7 +83,7 @@ def evaluate(
     reconstructed = rows[:, RECONSTRUCTED] == 1
     result: dict[str, float | int | None] = {
         name: mean_valid(torch.from_numpy(rows[masked, column])) if masked.any() and (miou or column != MIOU) else None
-        for name, column in (("ari", ARI), ("fg_ari", FG_ARI), ("miou", MIOU))
+        for name, column in SCORE_COLUMNS
     }
     result["mse"] = float(rows[reconstructed, MSE].mean()) if reconstructed.any() else None  # images of one size
     result["images"] = len(rows)
@@ -105,5 +106,5 @@ def by_object_count(model: SlotModel, loader: DataLoader, device: torch.device) 
     table, counts_t = torch.cat(rows), torch.tensor(counts)
     return [{"objects": count, "images": int((counts_t == count).sum()),
              **{name: mean_valid(table[counts_t == count, column])
-                for name, column in (("ari", ARI), ("fg_ari", FG_ARI), ("miou", MIOU))}}
+                for name, column in SCORE_COLUMNS}}
             for count in sorted(set(counts))]  # fmt: skip
