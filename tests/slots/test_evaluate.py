@@ -7,7 +7,7 @@ from sklearn.metrics import adjusted_rand_score
 from torch.nn.functional import one_hot
 from torch.utils.data import DataLoader
 
-from col775.slots.evaluate import by_object_count, evaluate
+from col775.slots.evaluate import evaluate
 
 
 class LookupModel:
@@ -77,12 +77,15 @@ def test_scores_by_object_count_group_images_by_their_true_objects():
     data, masks, labels, model = data_and_model()
     masks[0] = torch.where(masks[0] == 2, 1, masks[0])  # image 0: background and one object
     masks[4] = (masks[4] != 0).long()  # image 4 too
-    rows = by_object_count(model, DataLoader(data, batch_size=2), torch.device("cpu"))
+    rows = evaluate(model, DataLoader(data, batch_size=2), torch.device("cpu"))["by_objects"]
     groups = {1: [0, 4], 2: [1, 2, 3]}
     assert [row["objects"] for row in rows] == [1, 2] and [row["images"] for row in rows] == [2, 3]
     for row in rows:
         expected = np.mean([adjusted_rand_score(masks[i].ravel(), labels[i].ravel()) for i in groups[row["objects"]]])
         assert row["ari"] == pytest.approx(expected)
+        fg = [masks[i].ravel() != 0 for i in groups[row["objects"]]]
+        expected_fg = np.mean([adjusted_rand_score(masks[i].ravel()[f], labels[i].ravel()[f]) for i, f in zip(groups[row["objects"]], fg)])
+        assert row["fg_ari"] == pytest.approx(expected_fg)
     images = torch.stack([torch.full((3, 4, 4), float(i)) for i in range(2)])
     unmasked = LookupModel(images, torch.zeros(2, 4, 4, dtype=torch.long), images.clone())
-    assert by_object_count(unmasked, DataLoader([{"image": images[i], "index": i} for i in range(2)]), torch.device("cpu")) == []
+    assert evaluate(unmasked, DataLoader([{"image": images[i], "index": i} for i in range(2)]), torch.device("cpu"))["by_objects"] == []

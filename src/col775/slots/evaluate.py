@@ -22,21 +22,22 @@ from col775.slots.metrics import ari, fg_ari, mean_valid, miou_hungarian
 from col775.slots.slot_model import SAMPLE_STREAM, SlotModel, example_generators
 
 # The columns of one image's row: its scores (NaN where it has none), its reconstruction's mean squared
-# error over pixels and channels, and whether it was reconstructed / has a mask.
-ARI, FG_ARI, MIOU, MSE, RECONSTRUCTED, MASKED = range(6)
+# error over pixels and channels, whether it was reconstructed / has a mask, and its true number of objects
+# (labels other than 0, the background; NaN without a mask).
+ARI, FG_ARI, MIOU, MSE, RECONSTRUCTED, MASKED, OBJECTS = range(7)
 SCORE_COLUMNS = (("ari", ARI), ("fg_ari", FG_ARI), ("miou", MIOU))
 
 
 def batch_rows(model: SlotModel, batch: dict, device: torch.device, miou: bool, max_recon_images: int | None,
                seed: int | None) -> torch.Tensor:
-    """[B, 6] float64: one row per image of `batch`, in its order (the columns above); the options are
+    """[B, 7] float64: one row per image of `batch`, in its order (the columns above); the options are
     `evaluate`'s."""
     images = batch["image"].to(device)
     index = batch["index"]
     recon_count = 0 if max_recon_images is None else len(images)
     if max_recon_images:
         recon_count = int((index < max_recon_images).sum())  # a prefix: a loader reads its split in order
-    row = torch.full((len(images), 6), float("nan"), dtype=torch.float64)
+    row = torch.full((len(images), 7), float("nan"), dtype=torch.float64)
     row[:, RECONSTRUCTED] = torch.arange(len(images)) < recon_count
     row[:, MASKED] = "mask" in batch
     if recon_count:
@@ -53,6 +54,7 @@ def batch_rows(model: SlotModel, batch: dict, device: torch.device, miou: bool, 
         true = batch["mask"].to(labels.device)
         if labels.shape != true.shape:
             raise ValueError(f"predicted labels {tuple(labels.shape)} do not match masks {tuple(true.shape)}")
+        row[:, OBJECTS] = torch.tensor([float((t.unique() != 0).sum()) for t in true], dtype=torch.float64)
         row[:, ARI] = ari(labels, true).cpu()
         row[:, FG_ARI] = fg_ari(labels, true).cpu()
         if miou:
@@ -71,14 +73,14 @@ def evaluate(
     seed: int | None = None,
 ) -> dict[str, float | int | None]:
     """Mean ARI, FG-ARI, mIoU and MSE over `loader` ({"image", "mask"?, "index"} batches); None where
-    unavailable. Under torch.distributed `loader` reads this rank's shard (loaders.own_shard) and the
+    unavailable; and under "by_objects" the same scores per number of objects (`_by_object_count`). Under torch.distributed `loader` reads this rank's shard (loaders.own_shard) and the
     images of every rank are gathered in order, so each counts once; every rank gets the same numbers.
 
     The MSE is over the images whose split index ("index") is below `max_recon_images` (0 = all, None =
     none: no reconstruction); with `seed`, each image's sample comes from its own generator
     (`example_generators`), so it is the same in any batch and on any rank."""
     local = [batch_rows(model, batch, device, miou, max_recon_images, seed) for batch in progress(loader, desc)]
-    rows = gather_in_order(torch.cat(local).numpy() if local else np.empty((0, 6)))
+    rows = gather_in_order(torch.cat(local).numpy() if local else np.empty((0, 7)))
     masked = rows[:, MASKED] == 1
     reconstructed = rows[:, RECONSTRUCTED] == 1
     result: dict[str, float | int | None] = {
@@ -87,24 +89,18 @@ def evaluate(
     }
     result["mse"] = float(rows[reconstructed, MSE].mean()) if reconstructed.any() else None  # images of one size
     result["images"] = len(rows)
+    result["by_objects"] = _by_object_count(torch.from_numpy(rows[masked]), miou)
     return result
 
 
-@torch.no_grad()
-def by_object_count(model: SlotModel, loader: DataLoader, device: torch.device) -> list[dict[str, float | int]]:
-    """ARI, FG-ARI and mIoU of the images of `loader` grouped by their number of objects (true labels
-    other than 0, the background), one row per count in increasing order; [] when the data has no masks.
+def _by_object_count(rows: torch.Tensor, miou: bool) -> list[dict[str, float | int | None]]:
+    """The scores of the masked images' `rows` grouped by their number of objects, one entry per count in
+    increasing order ([] without masks).
 
     Where one count scores far below the others, the number of objects is what the model gets wrong
     (e.g. spare slots sharing an object when there are fewer objects than slots)."""
-    rows, counts = [], []
-    for batch in progress(loader, "scores by object count"):
-        if "mask" not in batch:
-            return []
-        rows.append(batch_rows(model, batch, device, miou=True, max_recon_images=None, seed=None))
-        counts += [int((labels.unique() != 0).sum()) for labels in batch["mask"]]
-    table, counts_t = torch.cat(rows), torch.tensor(counts)
-    return [{"objects": count, "images": int((counts_t == count).sum()),
-             **{name: mean_valid(table[counts_t == count, column])
+    counts = rows[:, OBJECTS].long()
+    return [{"objects": count, "images": int((counts == count).sum()),
+             **{name: mean_valid(rows[counts == count, column]) if miou or column != MIOU else None
                 for name, column in SCORE_COLUMNS}}
-            for count in sorted(set(counts))]  # fmt: skip
+            for count in sorted(set(counts.tolist()))]  # fmt: skip

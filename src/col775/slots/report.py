@@ -39,7 +39,7 @@ class DecoderResult:
     slots_png: Path  # every slot's mask for a few validation images
     name: str  # the run's name in the study without its seed: "sbd", "simple-diffusion", ...
     vae_run: dict | None = None  # read_run of the VAE the study trained for it (None: given with --vae)
-    by_objects: list[dict] = field(default_factory=list)  # evaluate.by_object_count's rows ([]: no masks)
+    by_objects: list[dict] = field(default_factory=list)  # evaluate's "by_objects" rows ([]: no masks)
 
     @property
     def label(self) -> str:

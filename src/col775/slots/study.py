@@ -36,7 +36,6 @@ from col775.core.seeds import SeedNoise, by_variant, first_seed, seeded
 from col775.core.study import StudyOptions, Trainer, finished_runs, missing_notice, train_runs, write_plan
 from col775.core.training import pick_device, seed_everything
 from col775.slots.config import SlotsConfig, load_slots_config
-from col775.slots.evaluate import by_object_count
 from col775.slots.fid import fid_folders, inception_path, write_png_folder
 from col775.slots.generation import compositional_generation, to_uint8
 from col775.slots.loaders import Loaders, make_loaders
@@ -141,11 +140,13 @@ def study_decoder(config: SlotsConfig, out: Path, name: str, key: str, vae_runs:
     generation = generate(config, model, loaders, out / "generation" / key, device, force,
                           checkpoint_fingerprint(run_dir))  # fmt: skip
     run = read_run(run_dir)
-    run["metrics"] |= evaluate_run(config, run_dir)  # the numbers of this config's sampler
+    scores = evaluate_run(config, run_dir)  # the numbers of this config's sampler
+    by_objects = scores.pop("by_objects")
+    run["metrics"] |= scores
     vae = Path(config.vae).parent if config.vae else None
     return DecoderResult(config=config, run=run, generation=generation, slots_png=slots_png, name=key,
                          vae_run=read_run(vae) if vae is not None and vae.name in vae_runs else None,
-                         by_objects=by_object_count(model, loaders.val, device))
+                         by_objects=by_objects)
 
 
 def summarise(shown: dict[str, DecoderResult], scores: dict[str, dict], styles: list[str]) -> dict:
