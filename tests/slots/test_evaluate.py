@@ -8,6 +8,7 @@ from torch.nn.functional import one_hot
 from torch.utils.data import DataLoader
 
 from col775.slots.evaluate import evaluate
+from col775.slots.metrics import interior
 
 
 class LookupModel:
@@ -52,6 +53,12 @@ def test_evaluation_scores_match_scikit_learn():
     assert scores["fg_ari"] == pytest.approx(expected_fg)
     assert scores["mse"] == pytest.approx((3 * 0.01 + 2 * 0.09) / 5, rel=1e-4)
     assert scores["images"] == 5
+    inside = interior(masks).numpy()  # checked against loops in test_metrics
+    keep = [(masks[i].numpy() != 0) & inside[i] for i in range(5)]
+    expected_inner = [adjusted_rand_score(masks[i].numpy()[k], labels[i].numpy()[k]) for i, k in enumerate(keep) if k.any()]
+    assert scores["fg_ari_interior"] == pytest.approx(np.mean(expected_inner))
+    share = [((masks[i].numpy() != 0) & ~inside[i]).sum() / (masks[i].numpy() != 0).sum() for i in range(5)]
+    assert scores["boundary_share"] == pytest.approx(np.mean(share))
 
 
 def test_reconstructions_are_capped_or_left_out_but_every_image_is_segmented():

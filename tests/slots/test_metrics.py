@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from col775.slots.metrics import ari, contingency, fg_ari, mean_valid, miou_hungarian
+from col775.slots.metrics import ari, contingency, fg_ari, fg_ari_interior, interior, mean_valid, miou_hungarian
 
 
 def _sklearn_ari(pred: np.ndarray, true: np.ndarray, foreground_only: bool = False) -> float:
@@ -136,3 +136,41 @@ def test_miou_hungarian_matches_brute_force(seed):
             expected = _brute_force_miou(pred[b], true[b], include_background)
             np.testing.assert_allclose(ours[b].item(), expected, atol=1e-12, equal_nan=True)
     assert miou_hungarian(torch.from_numpy(pred), torch.from_numpy(true))[0].item() == pytest.approx(1.0)
+
+
+def _interior_by_loops(true: np.ndarray) -> np.ndarray:
+    """A pixel is interior when no neighbour inside the image (8 directions) has another label."""
+    b, h, w = true.shape
+    out = np.ones_like(true, dtype=bool)
+    for n, y, x in itertools.product(range(b), range(h), range(w)):
+        for dy, dx in itertools.product((-1, 0, 1), repeat=2):
+            if 0 <= y + dy < h and 0 <= x + dx < w and true[n, y + dy, x + dx] != true[n, y, x]:
+                out[n, y, x] = False
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fg_ari_interior_is_sklearn_on_object_pixels_away_from_boundaries(seed):
+    rng = np.random.default_rng(seed)
+    true = np.zeros((3, 12, 10), dtype=np.int64)
+    for n in range(3):  # a few rectangles, so there are interiors to score
+        for label in range(1, 4):
+            y, x = rng.integers(0, 8), rng.integers(0, 6)
+            true[n, y : y + int(rng.integers(3, 6)), x : x + int(rng.integers(3, 6))] = label
+    pred = np.where(rng.random(true.shape) < 0.8, true, rng.integers(0, 4, true.shape))
+    expected_inside = _interior_by_loops(true)
+    assert torch.equal(interior(torch.from_numpy(true)), torch.from_numpy(expected_inside))
+    ours = fg_ari_interior(torch.from_numpy(pred), torch.from_numpy(true))
+    for n in range(3):
+        keep = expected_inside[n] & (true[n] != 0)
+        expected = adjusted_rand_score(true[n][keep], pred[n][keep]) if keep.any() else float("nan")
+        assert ours[n].item() == pytest.approx(expected, nan_ok=True)
+
+
+def test_a_mask_wrong_only_on_boundaries_scores_one_inside():
+    true = torch.zeros(1, 8, 8, dtype=torch.long)
+    true[0, 1:5, 1:5], true[0, 4:8, 4:8] = 1, 2
+    pred = true.clone()
+    pred[~interior(true)] = 0  # every boundary pixel given to the background
+    assert fg_ari(pred, true).item() < 0.5
+    assert fg_ari_interior(pred, true).item() == 1.0

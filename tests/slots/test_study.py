@@ -46,6 +46,11 @@ def test_study_writes_a_report_with_scores_masks_and_generated_images(cache, tmp
     section = md.split("Scores by number of objects")[1].split("###")[0]
     counts = [int(line.split("|")[2]) for line in section.splitlines() if re.match(r"\| \d+ \|", line)]
     assert sum(counts) == 6
+    # The boundary paragraph quotes the run's cached evaluation.
+    scores = json.loads((out / "sbd" / "evaluation" / "sbd.json").read_text())
+    boundaries = md.split("Object boundaries")[1].split("###")[0]
+    assert f"{100 * scores['boundary_share']:.1f}% of the validation" in boundaries
+    assert f"FG-ARI is {100 * scores['fg_ari_interior']:.1f}%" in boundaries
     summary = json.loads((out / "summary.json").read_text())
     assert all(isinstance(summary[k], float) for k in ("sbd_ari", "sbd_fg_ari", "sbd_mse", "sbd_fid"))
     assert summary["sbd_fid"] > 0 and summary["sbd_sampler"] is None

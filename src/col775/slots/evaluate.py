@@ -7,7 +7,8 @@ generator, seeded by the run's seed and the image's index).
 
 Scores (over images that have them): ARI with the background as one more segment, FG-ARI
 over object pixels only, Hungarian-matched mean IoU of the objects, and the reconstruction
-MSE (mean over pixels and channels, images in [-1, 1]).
+MSE (mean over pixels and channels, images in [-1, 1]). Beside them, to show where FG-ARI is
+lost: FG-ARI over object interiors alone and the share of object pixels on a boundary.
 """
 
 from __future__ import annotations
@@ -18,26 +19,28 @@ from torch.utils.data import DataLoader
 
 from col775.core.distributed import gather_in_order
 from col775.core.training import progress
-from col775.slots.metrics import ari, fg_ari, mean_valid, miou_hungarian
+from col775.slots.metrics import ari, fg_ari, fg_ari_interior, interior, mean_valid, miou_hungarian
 from col775.slots.slot_model import SAMPLE_STREAM, SlotModel, example_generators
 
 # The columns of one image's row: its scores (NaN where it has none), its reconstruction's mean squared
-# error over pixels and channels, whether it was reconstructed / has a mask, and its true number of objects
-# (labels other than 0, the background; NaN without a mask).
-ARI, FG_ARI, MIOU, MSE, RECONSTRUCTED, MASKED, OBJECTS = range(7)
+# error over pixels and channels, whether it was reconstructed / has a mask, its true number of objects
+# (labels other than 0, the background), its FG-ARI over object interiors alone and the share of its object
+# pixels that lie on a segment boundary (the last three NaN without a mask).
+ARI, FG_ARI, MIOU, MSE, RECONSTRUCTED, MASKED, OBJECTS, FG_ARI_INTERIOR, BOUNDARY = range(9)
+COLUMNS = 9
 SCORE_COLUMNS = (("ari", ARI), ("fg_ari", FG_ARI), ("miou", MIOU))
 
 
 def batch_rows(model: SlotModel, batch: dict, device: torch.device, miou: bool, max_recon_images: int | None,
                seed: int | None) -> torch.Tensor:
-    """[B, 7] float64: one row per image of `batch`, in its order (the columns above); the options are
+    """[B, COLUMNS] float64: one row per image of `batch`, in its order (the columns above); the options are
     `evaluate`'s."""
     images = batch["image"].to(device)
     index = batch["index"]
     recon_count = 0 if max_recon_images is None else len(images)
     if max_recon_images:
         recon_count = int((index < max_recon_images).sum())  # a prefix: a loader reads its split in order
-    row = torch.full((len(images), 7), float("nan"), dtype=torch.float64)
+    row = torch.full((len(images), COLUMNS), float("nan"), dtype=torch.float64)
     row[:, RECONSTRUCTED] = torch.arange(len(images)) < recon_count
     row[:, MASKED] = "mask" in batch
     if recon_count:
@@ -57,6 +60,9 @@ def batch_rows(model: SlotModel, batch: dict, device: torch.device, miou: bool, 
         row[:, OBJECTS] = torch.tensor([float((t.unique() != 0).sum()) for t in true], dtype=torch.float64)
         row[:, ARI] = ari(labels, true).cpu()
         row[:, FG_ARI] = fg_ari(labels, true).cpu()
+        row[:, FG_ARI_INTERIOR] = fg_ari_interior(labels, true).cpu()
+        objects, inside = true != 0, interior(true)
+        row[:, BOUNDARY] = ((objects & ~inside).flatten(1).sum(1) / objects.flatten(1).sum(1)).double().cpu()
         if miou:
             row[:, MIOU] = miou_hungarian(labels, true).cpu()
     return row
@@ -80,7 +86,7 @@ def evaluate(
     none: no reconstruction); with `seed`, each image's sample comes from its own generator
     (`example_generators`), so it is the same in any batch and on any rank."""
     local = [batch_rows(model, batch, device, miou, max_recon_images, seed) for batch in progress(loader, desc)]
-    rows = gather_in_order(torch.cat(local).numpy() if local else np.empty((0, 7)))
+    rows = gather_in_order(torch.cat(local).numpy() if local else np.empty((0, COLUMNS)))
     masked = rows[:, MASKED] == 1
     reconstructed = rows[:, RECONSTRUCTED] == 1
     result: dict[str, float | int | None] = {
@@ -88,6 +94,8 @@ def evaluate(
         for name, column in SCORE_COLUMNS
     }
     result["mse"] = float(rows[reconstructed, MSE].mean()) if reconstructed.any() else None  # images of one size
+    for name, column in (("fg_ari_interior", FG_ARI_INTERIOR), ("boundary_share", BOUNDARY)):
+        result[name] = mean_valid(torch.from_numpy(rows[masked, column])) if masked.any() else None
     result["images"] = len(rows)
     result["by_objects"] = _by_object_count(torch.from_numpy(rows[masked]), miou)
     return result

@@ -223,14 +223,14 @@ def evaluate_run(
     config: SlotsConfig, run_dir: str | Path, model: SlotModel | None = None, loaders: Loaders | None = None
 ) -> dict:
     """ARI, FG-ARI, mIoU and MSE of the run's best checkpoint with `config`'s sampler (and the same per number
-    of objects, "by_objects"), cached in
+    of objects, "by_objects"; FG-ARI over object interiors and the share of object pixels on boundaries), cached in
     `<run_dir>/evaluation/<sampler>.json` for that checkpoint (a retrained run is evaluated again).
     Under torchrun every rank calls it: rank 0's cache decides, every rank scores its shard, rank 0 writes."""
     path = Path(run_dir) / "evaluation" / f"{sampler_key(config)}.json"
     fingerprint = checkpoint_fingerprint(run_dir)
     cached = from_rank0(json.loads(path.read_text()) if rank() == 0 and path.is_file() else None)
     if (cached and cached.get("checkpoint") == fingerprint and cached.get("recon_max_images") == config.recon_max_images
-            and "by_objects" in cached):  # an evaluation cached before the scores by object count were kept
+            and "fg_ari_interior" in cached):  # not one cached before the boundary scores were kept
         return cached
     device = pick_device(config.device)
     model = model or load_trained(config, run_dir, device)
@@ -244,6 +244,7 @@ def evaluate_run(
                       seed=config.seed)  # fmt: skip
     result = {
         "ari": scores["ari"], "fg_ari": scores["fg_ari"], "miou": scores["miou"], "mse": scores["mse"],
+        "fg_ari_interior": scores["fg_ari_interior"], "boundary_share": scores["boundary_share"],
         "val_images": scores["images"], "by_objects": scores["by_objects"], "recon_max_images": config.recon_max_images,
         "sampler": config.sampler_label() if config.decoder == "diffusion" else None,
         "eval_seconds": time.perf_counter() - began, "checkpoint": fingerprint,
