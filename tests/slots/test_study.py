@@ -52,7 +52,7 @@ def test_study_writes_a_report_with_scores_masks_and_generated_images(cache, tmp
     assert f"{100 * scores['boundary_share']:.1f}% of the validation" in boundaries
     assert f"FG-ARI is {100 * scores['fg_ari_interior']:.1f}%" in boundaries
     summary = json.loads((out / "summary.json").read_text())
-    assert all(isinstance(summary[k], float) for k in ("sbd_ari", "sbd_fg_ari", "sbd_mse", "sbd_fid"))
+    assert all(isinstance(summary[k], float) for k in ("sbd_ari", "sbd_fg_ari", "sbd_mse", "sbd_fid", "sbd_fg_ari_interior"))
     assert summary["sbd_fid"] > 0 and summary["sbd_sampler"] is None
     assert len(list((out / "generation" / "sbd" / "generated").glob("*.png"))) == 6  # as many as val images
     assert len(list((out / "generation" / "sbd" / "val").glob("*.png"))) == 6

@@ -47,7 +47,7 @@ from col775.slots.train_vae import VAE_FILE, train_vae
 
 log = logging.getLogger(__name__)
 
-SUMMARY_KEYS = ("ari", "fg_ari", "miou", "mse")
+SUMMARY_KEYS = ("ari", "fg_ari", "miou", "mse", "fg_ari_interior", "boundary_share")
 SEED_SCORES = (("fg_ari", "FG-ARI (%)"), ("ari", "ARI (%)"), ("miou", "mIoU (%)"))
 TRAINER = Trainer("slots", train)
 VAE_TRAINER = Trainer("slots", train_vae, command="train-vae")
