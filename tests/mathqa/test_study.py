@@ -229,6 +229,7 @@ def test_plan_lines_train_the_study_config_and_report_only_names_the_missing_run
     md = (out / "report.md").read_text()
     assert "Incomplete: 11 run(s) have not finished" in md and "model-lstm/seed-0; model-lstm_attn/seed-0" in md
     assert "| model-lstm/seed-1 |" in md  # the finished run's numbers
+    assert "dev also chose that checkpoint" in md and "greedy decodings, not beam search" in md
 
 
 def test_the_seed_section_compares_what_the_assignment_asks(tmp_path):

@@ -173,7 +173,9 @@ def run_study(config: MathqaConfig, out: str | Path, options: StudyOptions = Stu
     if len(shown) < len(by_variant(runs)):
         report = Report("MathQA: word problems to programs (incomplete)")
         report.text(notice + " The study's own tables need a finished run of every variant; meanwhile the "
-                    "finished runs' numbers:")
+                    "finished runs' numbers. Their final numbers decode each run's best checkpoint with beam search "
+                    "(the beam_size column); dev also chose that checkpoint, by the greedy execution accuracy it "
+                    "scored after each epoch (the dev curves: greedy decodings, not beam search).")
         report.extend(runs_report([out / name for name in results], out / "figures", "Finished runs", root=out))
     else:
         splits = [s for s in ("dev", "test") if s in shown[model_run(KINDS[0])][1]["metrics"]]
