@@ -46,6 +46,7 @@ def test_study_writes_a_report_with_tables_curves_and_gradcam(tmp_path):
         assert (out / name / "metrics.json").is_file()
     assert "Sanity check: torch BatchNorm2d against our BN" in md
     assert "Batch size: BN and GN" in md
+    assert "so batch 8 takes 4x as many SGD steps as batch 32" in md  # same lr and epochs at both sizes
     # each variant: error, accuracy, micro F1 and macro F1, train (eval mode) and val
     caption = "train (eval mode, no augmentation) and val error, accuracy, micro F1 and macro F1"
     assert sum(line.startswith("![") and caption in line for line in md.splitlines()) == 3

@@ -320,6 +320,13 @@ def add_batch_study(report: Report, results: dict[str, dict], names: list[str], 
         rows.append([_label(name, run), _fmt(m["val"]["accuracy"]), _fmt(m["test"]["accuracy"]), _fmt(m["test"]["macro_f1"]),
                      m["epochs_run"], "yes" if m["stopped_early"] else "no"])
     report.table(["run", "val acc", "test acc", "test macro F1", "epochs run", "stopped early"], rows)
+    settings = {(results[n]["config"]["lr"], results[n]["config"]["epochs"]) for n in names}
+    sizes = sorted({results[n]["config"]["batch_size"] for n in names})
+    if len(settings) == 1 and len(sizes) > 1:
+        (lr, epochs), = settings
+        report.text(f"Every batch size trains at the same learning rate ({lr:g}) for the same {epochs} epochs at most, "
+                    f"so batch {sizes[0]} takes {sizes[-1] // sizes[0]}x as many SGD steps as batch {sizes[-1]}: the "
+                    "comparison mixes the batch statistics with the number of updates.")
     series = {_label(n, results[n]): ([r["epoch"] + 1 for r in results[n]["history"]], [r["val/accuracy"] for r in results[n]["history"]]) for n in names}
     report.figure(line_plot(series, figures / "batch_val_accuracy.png", title="val accuracy by batch size", ylabel="accuracy"),
                   "Validation accuracy of BN and GN at each batch size")
