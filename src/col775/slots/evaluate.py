@@ -27,8 +27,9 @@ from col775.slots.slot_model import SAMPLE_STREAM, SlotModel, example_generators
 # (labels other than 0, the background), its FG-ARI over object interiors alone and the share of its object
 # pixels that lie on a segment boundary (the last three NaN without a mask).
 ARI, FG_ARI, MIOU, MSE, RECONSTRUCTED, MASKED, OBJECTS, FG_ARI_INTERIOR, BOUNDARY = range(9)
-COLUMNS = 9
-SCORE_COLUMNS = (("ari", ARI), ("fg_ari", FG_ARI), ("miou", MIOU))
+COLUMNS = BOUNDARY + 1
+SCORE_COLUMNS = (("ari", ARI), ("fg_ari", FG_ARI), ("miou", MIOU))  # also reported per number of objects
+BOUNDARY_COLUMNS = (("fg_ari_interior", FG_ARI_INTERIOR), ("boundary_share", BOUNDARY))
 
 
 def batch_rows(model: SlotModel, batch: dict, device: torch.device, miou: bool, max_recon_images: int | None,
@@ -60,8 +61,8 @@ def batch_rows(model: SlotModel, batch: dict, device: torch.device, miou: bool, 
         row[:, OBJECTS] = torch.tensor([float((t.unique() != 0).sum()) for t in true], dtype=torch.float64)
         row[:, ARI] = ari(labels, true).cpu()
         row[:, FG_ARI] = fg_ari(labels, true).cpu()
-        row[:, FG_ARI_INTERIOR] = fg_ari_interior(labels, true).cpu()
         objects, inside = true != 0, interior(true)
+        row[:, FG_ARI_INTERIOR] = fg_ari_interior(labels, true, inside).cpu()
         row[:, BOUNDARY] = ((objects & ~inside).flatten(1).sum(1) / objects.flatten(1).sum(1)).double().cpu()
         if miou:
             row[:, MIOU] = miou_hungarian(labels, true).cpu()
@@ -79,8 +80,10 @@ def evaluate(
     seed: int | None = None,
 ) -> dict[str, float | int | None]:
     """Mean ARI, FG-ARI, mIoU and MSE over `loader` ({"image", "mask"?, "index"} batches); None where
-    unavailable; and under "by_objects" the same scores per number of objects (`_by_object_count`). Under torch.distributed `loader` reads this rank's shard (loaders.own_shard) and the
-    images of every rank are gathered in order, so each counts once; every rank gets the same numbers.
+    unavailable; FG-ARI over object interiors and the share of object pixels on boundaries; and under
+    "by_objects" ARI, FG-ARI and mIoU per number of objects (`_by_object_count`). Under torch.distributed
+    `loader` reads this rank's shard (loaders.own_shard) and the images of every rank are gathered in order,
+    so each counts once; every rank gets the same numbers.
 
     The MSE is over the images whose split index ("index") is below `max_recon_images` (0 = all, None =
     none: no reconstruction); with `seed`, each image's sample comes from its own generator
@@ -91,11 +94,9 @@ def evaluate(
     reconstructed = rows[:, RECONSTRUCTED] == 1
     result: dict[str, float | int | None] = {
         name: mean_valid(torch.from_numpy(rows[masked, column])) if masked.any() and (miou or column != MIOU) else None
-        for name, column in SCORE_COLUMNS
+        for name, column in SCORE_COLUMNS + BOUNDARY_COLUMNS
     }
     result["mse"] = float(rows[reconstructed, MSE].mean()) if reconstructed.any() else None  # images of one size
-    for name, column in (("fg_ari_interior", FG_ARI_INTERIOR), ("boundary_share", BOUNDARY)):
-        result[name] = mean_valid(torch.from_numpy(rows[masked, column])) if masked.any() else None
     result["images"] = len(rows)
     result["by_objects"] = _by_object_count(torch.from_numpy(rows[masked]), miou)
     return result

@@ -111,9 +111,10 @@ def interior(true: torch.Tensor) -> torch.Tensor:
     return (highest == lowest).squeeze(1)
 
 
-def fg_ari_interior(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
-    """FG-ARI per image [B] over object pixels away from any boundary (`interior`); NaN where none is."""
-    return ari(pred, true, foreground_only=True, keep=interior(true))
+def fg_ari_interior(pred: torch.Tensor, true: torch.Tensor, inside: torch.Tensor | None = None) -> torch.Tensor:
+    """FG-ARI per image [B] over object pixels away from any boundary (`inside`: `interior(true)`, computed when
+    not given); NaN where none is."""
+    return ari(pred, true, foreground_only=True, keep=interior(true) if inside is None else inside)
 
 
 def miou_hungarian(pred: torch.Tensor, true: torch.Tensor, include_background: bool = False) -> torch.Tensor:
