@@ -4,6 +4,8 @@ import dataclasses
 import json
 import os
 import shlex
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,6 +55,49 @@ def test_workers_run_side_by_side_with_their_threads_and_gpu_and_a_failure_stops
     gpu_of = {s["pid"]: s["gpu"] for s in seen}
     assert os.getpid() not in gpu_of and len(gpu_of) == 2 and set(gpu_of.values()) == {"3", "5"}  # a GPU per worker
     assert set(finished_runs(runs, tmp_path)) == {"r0", "r1", "r2"}
+
+
+def waiting_worker(config: Config, run_dir: Path, force: bool) -> None:
+    """A stand-in training that notes its process and then trains for two minutes."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "pid").write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` exists and has not ended (an ended one no process has reaped is a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process states from /proc (Linux)")
+def test_workers_end_when_the_study_process_is_killed(tmp_path):
+    # a study of two runs side by side, in a process of its own, killed while both train
+    study = subprocess.Popen([sys.executable, "-c",
+                              "import sys; from pathlib import Path; from col775.core.study import StudyOptions, "
+                              "Trainer, train_runs; from tests.core.test_study import Config, waiting_worker; "
+                              "train_runs({'a': Config('a'), 'b': Config('b')}, Path(sys.argv[1]), "
+                              "Trainer('toy', waiting_worker), StudyOptions(jobs=2))", str(tmp_path)],
+                             cwd=Path(__file__).parents[2])
+    pid_files = [tmp_path / name / "pid" for name in ("a", "b")]
+    deadline = time.monotonic() + 300  # two fresh interpreters import torch: slow on a loaded machine
+    while not all(path.is_file() and path.read_text() for path in pid_files):
+        assert study.poll() is None, f"the study ended (exit code {study.returncode}) before both workers started"
+        assert time.monotonic() < deadline, "the study's two workers did not start within 300 s"
+        time.sleep(0.2)
+    workers = [int(path.read_text()) for path in pid_files]
+    assert all(running(pid) for pid in workers)
+    study.kill()
+    study.wait()
+    deadline = time.monotonic() + 30
+    while any(running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in workers if running(pid)]
+    for pid in left:  # leave no stray process behind when this fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "a worker went on training after its study was killed"
 
 
 def test_plan_writes_one_absolute_command_and_one_preset_per_run(tmp_path, monkeypatch):

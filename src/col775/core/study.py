@@ -27,6 +27,8 @@ import multiprocessing
 import os
 import shlex
 import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,7 +137,7 @@ def write_plan(runs: Mapping[str, Any], out: Path, trainer: Trainer, plan: Path,
                needs: tuple[Mapping[str, Any], Trainer] | None = None) -> Path:
     """One shell line per run in `plan` (absolute paths, so a line runs from any folder).
 
-    `needs` are runs (with their trainer) whose results `runs` read, such as a model they build on: their
+    `needs` are runs (with their trainer) of which `runs` read some, such as a model they build on: their
     lines come first, and the plan says to run the others only once those have finished.
     """
     out = out.resolve()
@@ -148,7 +150,7 @@ def write_plan(runs: Mapping[str, Any], out: Path, trainer: Trainer, plan: Path,
     for index, (block, block_trainer) in enumerate(blocks):
         write_presets(block, out)
         if needs:
-            lines.append("# First these, which the runs below read:" if index == 0 else
+            lines.append("# First these (the runs below build on some of them):" if index == 0 else
                          "# Then, once every line above has finished, these (in any order or all at once):")
         lines += [shlex.join(run_command(block_trainer, out, name, force)) for name in block]
     plan.parent.mkdir(parents=True, exist_ok=True)
@@ -195,6 +197,7 @@ def train_runs(runs: Mapping[str, Any], out: Path, trainer: Trainer, options: St
 
 def _start_worker(threads: int, gpus) -> None:
     """A worker process's share of the CPU threads and, with --gpus, its one GPU (before CUDA starts)."""
+    _end_with_parent()
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
     gpu = gpus.get()
@@ -202,11 +205,29 @@ def _start_worker(threads: int, gpus) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
+def _end_with_parent(poll_seconds: float = 2.0) -> None:
+    """End this worker soon after the study process that started it ends, however it ended.
+
+    Killed, the study leaves its workers running (nothing tells them), each still training into its run
+    folder: a second study started meanwhile finds those folders locked, and a folder moved aside gets
+    written through its old path. A worker ends as if killed, which every run folder survives (the run
+    resumes from its last checkpoint)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        log.warning("the study process %d has ended; this worker (%d) ends too", parent, os.getpid())
+        os._exit(1)  # at once, skipping cleanup, as a killed process does
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
 def _train_logged(train: Callable[[Any, Path, bool], Any], config: Any, run_dir: Path, force: bool,
                   log_path: Path) -> str | None:
     """Train one run in a worker process, its log lines written to `log_path`; the error, if it failed."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_path, mode="w")
+    handler = logging.FileHandler(log_path, mode="a")  # a resumed run adds to its earlier lines
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.setLevel(logging.INFO)

@@ -32,7 +32,7 @@ from col775.core.plots import line_plot
 from col775.core.provenance import read_provenance
 from col775.core.report import Report, runs_report
 from col775.core.runs import atomic_write_json
-from col775.core.seeds import SeedNoise, by_variant, first_seed, seeded
+from col775.core.seeds import SeedNoise, by_variant, first_seed, seeded, variant
 from col775.core.study import StudyOptions, Trainer, finished_runs, missing_notice, train_runs, write_plan
 from col775.mathqa import data
 from col775.mathqa.models import KINDS, model_name
@@ -85,6 +85,24 @@ def study_runs(config: MathqaConfig, overrides: dict[str, dict[str, Any]] | None
     for p in TEACHER_FORCING:
         runs.setdefault(tf_run(make(TF_MODEL), p), make(TF_MODEL, teacher_forcing=p))
     return runs
+
+
+def starting_points(runs: dict[str, MathqaConfig], out: Path) -> tuple[dict[str, MathqaConfig], dict[str, MathqaConfig]]:
+    """The runs split in two: those that start from scratch, and those that start from another run of this
+    study (a preset's ``init_from: model-bert_frozen`` names a variant; a run starts from that variant's run
+    of its own seed, in ``out``), which train once the first have finished."""
+    variants = by_variant(runs)
+    first, then = {}, {}
+    for name, config in runs.items():
+        if config.init_from not in variants:
+            first[name] = config
+            continue
+        source = config.init_from + name[len(variant(name)):]  # the same seed's folder
+        if runs[source].init_from in variants:
+            raise ValueError(f"{name} starts from {source}, which starts from {runs[source].init_from} in turn; "
+                             "a study run can only start from a run that starts from scratch")
+        then[name] = dataclasses.replace(config, init_from=str(out / source))
+    return first, then
 
 
 # ---------------------------------------------------------------- decodings
@@ -159,14 +177,19 @@ def run_study(config: MathqaConfig, out: str | Path, options: StudyOptions = Stu
     finished runs' numbers and names the missing ones.
     """
     out = Path(out)
-    runs = seeded(study_runs(config, overrides), options.seeds)
+    first, then = starting_points(seeded(study_runs(config, overrides), options.seeds), out)
+    runs = {name: (first | then)[name] for name in (*first, *then)}
     # the report's study-wide settings (2.3.2's teacher forcing, the decoding) are those of the lstm_attn runs
     config = dataclasses.replace(config, model=TF_MODEL, **(overrides or {}).get(TF_MODEL, {}))
     trainer = Trainer("mathqa", train_model)  # with force train_model also drops a run's old decodings
     if options.plan is not None:
-        write_plan(runs, out, trainer, options.plan, options.force)
+        write_plan(then, out, trainer, options.plan, options.force, needs=(first, trainer)) if then else \
+            write_plan(first, out, trainer, options.plan, options.force)
         return None
-    failures = {} if options.report_only else train_runs(runs, out, trainer, options)
+    failures = {}
+    if not options.report_only:
+        failures = train_runs(first, out, trainer, options)
+        failures |= train_runs(then, out, trainer, options)  # a run whose starting point failed says so
     results = finished_runs(runs, out)
     notice = missing_notice([name for name in runs if name not in results], failures)
     shown = first_seed(results)
@@ -190,6 +213,16 @@ def run_study(config: MathqaConfig, out: str | Path, options: StudyOptions = Stu
     path = report.write(out)
     log.info("report written to %s", path)
     return report
+
+
+def _starting_point(config: dict[str, Any]) -> str:
+    """How a run began, when it began from another run's weights (``init_from``)."""
+    if not config.get("init_from"):
+        return ""
+    return (f", starting from the best checkpoint of {Path(config['init_from']).name} (its encoder and trained decoder): "
+            f"its scores are those of that model after {config['epochs']} more epoch{'s' if config['epochs'] != 1 else ''}"
+            + (f" of {config['max_steps_per_epoch']} batches" if config.get("max_steps_per_epoch") else "")
+            + " with the encoder unfrozen, and the difference between the two measures what fine-tuning adds to it")
 
 
 def study_summary(config: MathqaConfig, runs: dict[str, dict], decoded: dict[str, dict], split: str,
@@ -313,7 +346,7 @@ def build_report(config: MathqaConfig, results: dict[str, dict], decoded: dict[s
         f"{names['bert_frozen']}: the encoder gets no gradient (its weights never change, and it stays in eval mode, "
         "without dropout), while the learned number-index embedding added to its output, the bridge to the decoder "
         f"and the decoder are trained. {names['bert_finetune']}: the encoder is trained as well, at its own learning "
-        f"rate {encoder_lr:g}."
+        f"rate {encoder_lr:g}" + _starting_point(results[model_run("bert_finetune")]["config"]) + "."
     )
     headers = ["model"] + [column for split in splits for column in _columns(split)]
     headers += ["best epoch", "epochs run", "trainable parameters", "train examples/s", "training minutes"]

@@ -121,6 +121,11 @@ class MathqaConfig:
     beam_size: int = 10
     length_penalty: float = 1.0
     grammar: bool = False  # restrict decoding to well-formed programs (grammar.py)
+    # a finished run folder whose best weights this run starts from instead of the pretrained encoder and a
+    # fresh decoder (same architecture and training data; its vocabularies are reused); "" = none. The study
+    # starts bert_finetune from bert_frozen this way: the decoder is trained before the encoder is unfrozen
+    # (LP-FT, Kumar et al. 2022), which on this CPU is the only way the fine-tuned model trains long enough.
+    init_from: str = ""
     # machinery
     seed: int = 0
     device: str = "auto"
@@ -229,6 +234,29 @@ def run_config(out_dir: str | Path) -> tuple[MathqaConfig, dict[str, str]]:
     settings = yaml.safe_load(path.read_text()) or {}
     hashes = settings.pop(DATA_HASHES, {})
     return from_dict(MathqaConfig, settings, str(path)), hashes
+
+
+NOT_WEIGHTS = ("dropout", "freeze_embeddings", "encoder_name", "seed")  # model settings that shape no weight
+
+
+def init_source(config: MathqaConfig, hashes: dict[str, str]) -> tuple[Path, MathqaConfig] | None:
+    """The finished run ``config.init_from`` names and its settings, checked to fit this run; None without one."""
+    if not config.init_from:
+        return None
+    source = Path(config.init_from)
+    fix = "train that run first, or set init_from to '' to start from the pretrained encoder"
+    if not (source / "metrics.json").is_file():
+        raise FileNotFoundError(f"init_from {source}: no finished run there (no metrics.json); {fix}")
+    theirs, their_hashes = run_config(source)
+    if their_hashes != hashes:
+        raise ValueError(f"init_from {source} was trained on other data ({their_hashes} against {hashes}); "
+                         "start from a run on the same train.json and dev.json")
+    mine, other = dataclasses.asdict(model_config(config)), dataclasses.asdict(model_config(theirs))
+    differ = [name for name in mine if name not in NOT_WEIGHTS and mine[name] != other[name]]
+    if differ or theirs.model.startswith("bert") != config.model.startswith("bert"):
+        raise ValueError(f"init_from {source} is a {theirs.model} run with other architecture settings "
+                         f"({', '.join(differ) or 'encoder kind'}); its weights do not fit a {config.model} run")
+    return source, theirs
 
 
 def build_scheduler(config: MathqaConfig, optimizer: torch.optim.Optimizer, total_steps: int | list[int]):
@@ -434,11 +462,15 @@ def train_model(config: MathqaConfig, out_dir: str | Path, force: bool = False) 
     if run.finished:
         log.info("%s already finished; pass --force to train it again", out_dir)
         return run.final_metrics()
-    prepared = prepare(config)
+    source = init_source(config, hashes)
+    prepared = prepare(config, tuple(data.Vocab.load(source[0] / name) for name in VOCAB_FILES) if source else None)
     if run.writes:
         prepared.src_vocab.save(run.path / VOCAB_FILES[0])
         prepared.tgt_vocab.save(run.path / VOCAB_FILES[1])
     model = make_model(config, prepared, device)
+    if source is not None:  # before the frozen encoder is cached; a resumed run's checkpoint replaces these
+        chosen = RunDir(source[0], {}, rank=1).load_best({"model": model})  # rank 1: reads, writes nothing
+        log.info("initial weights: %s's best checkpoint (epoch %d)", source[0], chosen["epoch"] + 1)
     if config.model == "bert_frozen":  # the frozen encoder runs once per problem, not once per epoch
         began = time.perf_counter()
         prepared.splits = {name: cache_hidden(model.encoder, examples, config.eval_batch_size,
