@@ -215,14 +215,17 @@ def run_study(config: MathqaConfig, out: str | Path, options: StudyOptions = Stu
     return report
 
 
-def _starting_point(config: dict[str, Any]) -> str:
+def _starting_point(config: dict[str, Any], out: Path) -> str:
     """How a run began, when it began from another run's weights (``init_from``)."""
     if not config.get("init_from"):
         return ""
-    return (f", starting from the best checkpoint of {Path(config['init_from']).name} (its encoder and trained decoder): "
-            f"its scores are those of that model after {config['epochs']} more epoch{'s' if config['epochs'] != 1 else ''}"
+    source = Path(config["init_from"])
+    source = source.relative_to(out) if source.is_relative_to(out) else source
+    epochs = config["epochs"]
+    return (f", starting from the best checkpoint of {source.as_posix()} (its encoder and trained decoder): its scores "
+            f"are that model's after {epochs} more epoch{'s' if epochs != 1 else ''}"
             + (f" of {config['max_steps_per_epoch']} batches" if config.get("max_steps_per_epoch") else "")
-            + " with the encoder unfrozen, and the difference between the two measures what fine-tuning adds to it")
+            + " with the encoder unfrozen, so the difference between the two measures those steps")
 
 
 def study_summary(config: MathqaConfig, runs: dict[str, dict], decoded: dict[str, dict], split: str,
@@ -346,7 +349,7 @@ def build_report(config: MathqaConfig, results: dict[str, dict], decoded: dict[s
         f"{names['bert_frozen']}: the encoder gets no gradient (its weights never change, and it stays in eval mode, "
         "without dropout), while the learned number-index embedding added to its output, the bridge to the decoder "
         f"and the decoder are trained. {names['bert_finetune']}: the encoder is trained as well, at its own learning "
-        f"rate {encoder_lr:g}" + _starting_point(results[model_run("bert_finetune")]["config"]) + "."
+        f"rate {encoder_lr:g}" + _starting_point(results[model_run("bert_finetune")]["config"], out) + "."
     )
     headers = ["model"] + [column for split in splits for column in _columns(split)]
     headers += ["best epoch", "epochs run", "trainable parameters", "train examples/s", "training minutes"]
@@ -358,7 +361,8 @@ def build_report(config: MathqaConfig, results: dict[str, dict], decoded: dict[s
                        f"{m['train_minutes']:.0f}"])
     report.table(headers, rows)
     report.text(f"Training minutes are wall-clock minutes of training and scoring dev each epoch, summed over the "
-                f"epochs (a cached frozen encoder's caching not included); every run of this study together: "
+                f"epochs (a cached frozen encoder's caching not included, nor the minutes of the run another started "
+                f"from); every run of this study together: "
                 f"{sum(run['metrics']['train_minutes'] for run in results.values()):.0f} minutes. The machine and thread count of "
                 "each run are in its settings below.")
     add_curves(report, results, names, figures)
