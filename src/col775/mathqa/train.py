@@ -546,5 +546,5 @@ def load_trained(out_dir: str | Path, device: str = "auto") -> tuple[Seq2Seq, Ma
     config, hashes = run_config(out_dir)
     prepared = prepare(config, tuple(data.Vocab.load(out_dir / name) for name in VOCAB_FILES))
     model = make_model(config, prepared, pick_device(device))
-    RunDir(out_dir, to_dict(config) | {DATA_HASHES: hashes}).load_best({"model": model})
+    RunDir(out_dir, to_dict(config) | {DATA_HASHES: hashes}, rank=1).load_best({"model": model})  # rank 1: reads only
     return model, config, prepared
