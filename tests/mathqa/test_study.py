@@ -58,6 +58,19 @@ def test_a_run_starts_from_the_run_of_its_own_seed_that_its_preset_names(tmp_pat
         starting_points(chain, tmp_path)
 
 
+def test_curves_of_a_run_that_started_from_another_count_on_from_its_checkpoint(tmp_path):
+    from col775.mathqa.study import _epochs
+
+    frozen = {"path": tmp_path / "model-bert_frozen", "config": {"init_from": ""}, "metrics": {"best_epoch": 4},
+              "history": [{"epoch": e} for e in range(6)]}
+    tuned = {"path": tmp_path / "model-bert_finetune", "config": {"init_from": str(tmp_path / "model-bert_frozen")},
+             "history": [{"epoch": 0}, {"epoch": 1}]}
+    results = {"model-bert_frozen": frozen, "model-bert_finetune": tuned}
+    assert _epochs(frozen, results) == [1, 2, 3, 4, 5, 6]
+    assert _epochs(tuned, results) == [6, 7]  # it started from the checkpoint of epoch 5 (0-based 4)
+    assert _epochs(tuned, {"model-bert_finetune": tuned}) == [1, 2]  # its starting run is not in the study
+
+
 def score_file(path, capsys) -> dict:
     assert main(["mathqa", "score", str(path)]) == 0
     return json.loads(capsys.readouterr().out)

@@ -407,8 +407,17 @@ def unseen_tokens_sentence(metrics: dict[str, Any], sizes: dict[str, int]) -> st
     )
 
 
-def _epochs(run: dict) -> list[int]:
-    return [r["epoch"] + 1 for r in run["history"]]
+def _source(run: dict, results: dict[str, dict]) -> dict | None:
+    """The run of ``results`` that ``run`` started from (``init_from``), if any."""
+    start = run["config"].get("init_from")
+    return next((other for other in results.values() if start and Path(start) == Path(other["path"])), None)
+
+
+def _epochs(run: dict, results: dict[str, dict]) -> list[int]:
+    """A run's epochs (1-based), counted on from its starting checkpoint's epoch when it started from another run."""
+    source = _source(run, results)
+    offset = source["metrics"]["best_epoch"] + 1 if source else 0
+    return [offset + r["epoch"] + 1 for r in run["history"]]
 
 
 def add_curves(report: Report, results: dict[str, dict], names: dict[str, str], figures: Path) -> None:
@@ -416,18 +425,29 @@ def add_curves(report: Report, results: dict[str, dict], names: dict[str, str], 
     report.text(
         "Loss is the cross-entropy per target token. The train loss is measured while training, under teacher "
         "forcing p (the model's own previous token is fed at the other steps); the dev loss is measured after "
-        "each epoch with full teacher forcing, so the two are comparable only at p = 1."
+        "each epoch with full teacher forcing, so the two are comparable only at p = 1. A run that starts from "
+        "another run's checkpoint counts its epochs on from that checkpoint's."
     )
     for kind in KINDS:
         run = results[model_run(kind)]
-        series = {split: (_epochs(run), [r[f"{split}/loss"] for r in run["history"]]) for split in ("train", "dev")}
+        series = {split: (_epochs(run, results), [r[f"{split}/loss"] for r in run["history"]])
+                  for split in ("train", "dev")}
         png = line_plot(series, figures / f"loss_{kind}.png", title=f"{names[kind]}: loss", ylabel="loss per token")
         report.figure(png, f"{names[kind]}: train and dev loss per epoch")
-    runs = {names[k]: results[model_run(k)] for k in KINDS}
-    series = {name: (_epochs(run), [r["dev/execution_accuracy"] for r in run["history"]]) for name, run in runs.items()}
+    series = {}
+    for kind in KINDS:
+        run = results[model_run(kind)]
+        xs, ys = _epochs(run, results), [r["dev/execution_accuracy"] for r in run["history"]]
+        source = _source(run, results)
+        if source:  # the line goes on from the checkpoint it started from
+            start = source["metrics"]["best_epoch"]
+            xs = [start + 1] + xs
+            ys = [next(r for r in source["history"] if r["epoch"] == start)["dev/execution_accuracy"]] + ys
+        series[names[kind]] = (xs, ys)
     png = line_plot(series, figures / "dev_execution_accuracy.png", title="dev execution accuracy (greedy)",
                     ylabel="execution accuracy (%)")
-    report.figure(png, "Dev execution accuracy under greedy decoding after each epoch (used to pick the checkpoint)")
+    report.figure(png, "Dev execution accuracy under greedy decoding after each epoch (used to pick the checkpoint); "
+                       "a run that starts from another run's checkpoint goes on from that run's point")
 
 
 def add_grammar(report: Report, config: MathqaConfig, decoded: dict[str, dict], splits: list[str],
@@ -465,7 +485,7 @@ def add_teacher_forcing(report: Report, config: MathqaConfig, results: dict[str,
     report.table(["teacher forcing p"] + _columns(eval_split) + ["last train loss", "lowest dev loss", "best epoch"],
                  rows)
     for split in ("train", "dev"):
-        series = {f"p = {p}": (_epochs(results[tf_run(config, p)]),
+        series = {f"p = {p}": (_epochs(results[tf_run(config, p)], results),
                                [r[f"{split}/loss"] for r in results[tf_run(config, p)]["history"]])
                   for p in TEACHER_FORCING}
         png = line_plot(series, figures / f"teacher_forcing_{split}_loss.png", title=f"{split} loss by teacher forcing",
