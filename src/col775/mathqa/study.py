@@ -178,13 +178,12 @@ def run_study(config: MathqaConfig, out: str | Path, options: StudyOptions = Stu
     """
     out = Path(out)
     first, then = starting_points(seeded(study_runs(config, overrides), options.seeds), out)
-    runs = {name: (first | then)[name] for name in (*first, *then)}
+    runs = first | then
     # the report's study-wide settings (2.3.2's teacher forcing, the decoding) are those of the lstm_attn runs
     config = dataclasses.replace(config, model=TF_MODEL, **(overrides or {}).get(TF_MODEL, {}))
     trainer = Trainer("mathqa", train_model)  # with force train_model also drops a run's old decodings
     if options.plan is not None:
-        write_plan(then, out, trainer, options.plan, options.force, needs=(first, trainer)) if then else \
-            write_plan(first, out, trainer, options.plan, options.force)
+        write_plan(then or first, out, trainer, options.plan, options.force, needs=(first, trainer) if then else None)
         return None
     failures = {}
     if not options.report_only:

@@ -239,8 +239,8 @@ def run_config(out_dir: str | Path) -> tuple[MathqaConfig, dict[str, str]]:
 NOT_WEIGHTS = ("dropout", "freeze_embeddings", "encoder_name", "seed")  # model settings that shape no weight
 
 
-def init_source(config: MathqaConfig, hashes: dict[str, str]) -> tuple[Path, MathqaConfig] | None:
-    """The finished run ``config.init_from`` names and its settings, checked to fit this run; None without one."""
+def init_source(config: MathqaConfig, hashes: dict[str, str]) -> Path | None:
+    """The finished run folder ``config.init_from`` names, checked to fit this run; None without one."""
     if not config.init_from:
         return None
     source = Path(config.init_from)
@@ -256,7 +256,7 @@ def init_source(config: MathqaConfig, hashes: dict[str, str]) -> tuple[Path, Mat
     if differ or theirs.model.startswith("bert") != config.model.startswith("bert"):
         raise ValueError(f"init_from {source} is a {theirs.model} run with other architecture settings "
                          f"({', '.join(differ) or 'encoder kind'}); its weights do not fit a {config.model} run")
-    return source, theirs
+    return source
 
 
 def build_scheduler(config: MathqaConfig, optimizer: torch.optim.Optimizer, total_steps: int | list[int]):
@@ -463,14 +463,14 @@ def train_model(config: MathqaConfig, out_dir: str | Path, force: bool = False) 
         log.info("%s already finished; pass --force to train it again", out_dir)
         return run.final_metrics()
     source = init_source(config, hashes)
-    prepared = prepare(config, tuple(data.Vocab.load(source[0] / name) for name in VOCAB_FILES) if source else None)
+    prepared = prepare(config, tuple(data.Vocab.load(source / name) for name in VOCAB_FILES) if source else None)
     if run.writes:
         prepared.src_vocab.save(run.path / VOCAB_FILES[0])
         prepared.tgt_vocab.save(run.path / VOCAB_FILES[1])
     model = make_model(config, prepared, device)
     if source is not None:  # before the frozen encoder is cached; a resumed run's checkpoint replaces these
-        chosen = RunDir(source[0], {}, rank=1).load_best({"model": model})  # rank 1: reads, writes nothing
-        log.info("initial weights: %s's best checkpoint (epoch %d)", source[0], chosen["epoch"] + 1)
+        chosen = RunDir(source, {}, rank=1).load_best({"model": model})  # rank 1: reads, writes nothing
+        log.info("initial weights: %s's best checkpoint (epoch %d)", source, chosen["epoch"] + 1)
     if config.model == "bert_frozen":  # the frozen encoder runs once per problem, not once per epoch
         began = time.perf_counter()
         prepared.splits = {name: cache_hidden(model.encoder, examples, config.eval_batch_size,
@@ -543,8 +543,8 @@ def train_model(config: MathqaConfig, out_dir: str | Path, force: bool = False) 
 def load_trained(out_dir: str | Path, device: str = "auto") -> tuple[Seq2Seq, MathqaConfig, Prepared]:
     """The best model of a finished or partial run folder, with its config and data encoded with its vocabularies."""
     out_dir = Path(out_dir)
-    config, hashes = run_config(out_dir)
+    config, _ = run_config(out_dir)
     prepared = prepare(config, tuple(data.Vocab.load(out_dir / name) for name in VOCAB_FILES))
     model = make_model(config, prepared, pick_device(device))
-    RunDir(out_dir, to_dict(config) | {DATA_HASHES: hashes}, rank=1).load_best({"model": model})  # rank 1: reads only
+    RunDir(out_dir, {}, rank=1).load_best({"model": model})  # rank 1: reads, writes nothing
     return model, config, prepared
