@@ -14,8 +14,8 @@ All of them end in a per-channel affine map (gamma, beta). None calls PyTorch's 
 kernels: the shared `_AffineNorm` autograd function computes the statistics from sums of x and
 x^2 and has a hand-derived backward in tensor operations, which is several times faster on CPU
 than letting autograd differentiate through mean and variance. Under torch.compile the layers
-run the same formula in plain tensor ops instead (`_traced_affine_norm`), which inductor fuses
-with their neighbours; autograd derives that backward. In float32 the results agree with
+run the same formula in plain tensor ops instead (`_traced_affine_norm`; `_traced_group_norm` for
+GroupNorm and LayerNorm), which inductor fuses with their neighbours; autograd derives that backward. In float32 the results agree with
 PyTorch's layers to about 1e-6 of their scale (PyTorch's fused kernels round a little less).
 Inputs may be NCHW-contiguous or channels_last; the output keeps the input's memory format.
 
@@ -275,6 +275,35 @@ def _as_rows(x: torch.Tensor) -> _Rows:
     return _Rows(x.contiguous().view(n, c, -1), channel_dim=1)
 
 
+def _traced_group_norm(rows: _Rows, weight: torch.Tensor, bias: torch.Tensor, groups: int, eps: float) -> torch.Tensor:
+    """Group norm of `rows` in plain tensor ops, for torch.compile; y shaped like `rows.data`.
+
+    The statistics are per channel first (one reduction over H*W, as instance norm's), then
+    averaged over each group of channels by a block-diagonal (C, C) averaging matrix, so every
+    tensor keeps its channels in one dim. Viewing channels_last data as (N, H*W, G, C/G) instead,
+    as the eager path does, leaves an innermost dim of 2-8 channels that inductor's loops do not
+    vectorise: that compiled step took 1.2-1.3x torch BN's, this one about 1.0x
+    (benchmarks/bench_resnet_step.py). Float32 statistics and arithmetic, as `_traced_affine_norm`.
+    """
+    x = rows.data
+    dtype = x.dtype
+    x = x.to(torch.promote_types(dtype, torch.float32))
+    var_c, mean_c = torch.var_mean(x, rows.spatial_dim, correction=0)  # (N, C)
+    per_group = mean_c.shape[1] // groups
+    group = torch.arange(mean_c.shape[1], device=x.device) // per_group
+    average = (group[:, None] == group[None, :]).to(x.dtype) / per_group
+
+    def group_mean(t: torch.Tensor) -> torch.Tensor:  # (N, C) -> each channel's group mean, (N, C)
+        return (t.unsqueeze(2) * average).sum(1)
+
+    mean = group_mean(mean_c)
+    var = group_mean(var_c + (mean_c - mean).square())  # mean of the variances + variance of the means
+    scale = weight * torch.rsqrt(var + eps)
+    shift = bias - scale * mean
+    y = torch.addcmul(_stored(shift.unsqueeze(rows.spatial_dim)), x, _stored(scale.unsqueeze(rows.spatial_dim)))
+    return y.to(dtype)
+
+
 def _check_input(x: torch.Tensor, num_channels: int, layer: str) -> None:
     """Raise a ValueError unless `x` is (N, num_channels, H, W)."""
     if x.dim() != 4 or x.shape[1] != num_channels:
@@ -444,6 +473,8 @@ class GroupNorm2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.num_channels, type(self).__name__)
         rows = _as_rows(x)
+        if torch.compiler.is_compiling():
+            return rows.restore(_traced_group_norm(rows, self.weight, self.bias, self.num_groups, self.eps), x)
         groups, per_group = self.num_groups, self.num_channels // self.num_groups
         n, a, b = rows.data.shape
         if rows.channel_dim == 1:  # (N, G, C/G, H*W), statistics over (C/G, H*W)
