@@ -71,10 +71,7 @@ def test_cpu_preset_finds_objects_in_simple_scenes_with_the_binding_options_for_
         config = load_slots_config("cpu", {}, decoder)
         assert (config.scene_style, config.image_size, config.n_val) == ("simple", 32, 500)
         assert (config.min_objects, config.max_objects, config.num_slots) == (2, 6, 7)  # K = the most objects + 1
-        assert (config.slot_init, config.slot_gradient) == ("learned", "bi-level")
+        assert (config.slot_init, config.slot_gradient, config.position_init_gain) == ("learned", "bi-level", 0.1)
     assert load_slots_config("cpu", {}, "sbd").model_config().image_size == 32
-    # the position embedding's initial gain is per decoder: the paper's for the SBD, a tenth for diffusion
-    assert load_slots_config("cpu", {}, "sbd").encoder_config().position_init_gain == 1.0
-    assert load_slots_config("cpu", {}, "diffusion").encoder_config().position_init_gain == 0.1
     paper = load_slots_config("cpu", {"slot_init": "gaussian", "slot_gradient": "full", "position_init_gain": 1.0})
     assert paper.encoder_config().slot_init == "gaussian"
