@@ -66,6 +66,7 @@ def test_ten_kill_resume_cycles_end_like_an_uninterrupted_run(tmp_path, launcher
     args = train_args(resnet_cache, out, EPOCHS)
     rng = random.Random(16)
     left_behind, story = [], []  # what each kill left, and how each cycle went (for a failure's message)
+    in_writes = 0  # kills sent while the process's checkpoint temporary existed
     for _ in range(CYCLES):
         pid = launcher.start(args, *logs)
         deadline = time.monotonic() + 60
@@ -76,6 +77,7 @@ def test_ten_kill_resume_cycles_end_like_an_uninterrupted_run(tmp_path, launcher
             deadline = time.monotonic() + 10 * epoch_seconds
             while not _saving(out, moment, pid) and time.monotonic() < deadline:
                 time.sleep(0.0005)
+            in_writes += _saving(out, moment, pid)
         else:  # anywhere in the next two epochs: resuming, training, evaluating, logging, saving
             moment = rng.uniform(0, 2 * epoch_seconds)
             time.sleep(moment)
@@ -87,8 +89,11 @@ def test_ten_kill_resume_cycles_end_like_an_uninterrupted_run(tmp_path, launcher
         story.append(f"pid {pid} killed at {moment} (exit {code}), metrics.jsonl lines {saved}, {_temporaries(out)}")
     assert launcher.run(args, *logs) == 0, (tmp_path / "err").read_text()[-2000:]
 
-    print(f"temporaries the kills left (each removed by the next run): {left_behind}")
-    assert any(".pt.tmp" in name for name in left_behind)  # some kills did land inside checkpoint writes
+    print(f"temporaries the kills left (each removed by the next run): {left_behind}; kills inside writes: {in_writes}")
+    # A kill sent while a temporary existed leaves it behind. On a loaded machine the polling can miss every
+    # write (the checkpoints are small); then there is nothing to check here, and the rest still holds.
+    if in_writes:
+        assert any(".pt.tmp" in name for name in left_behind), "\n".join(story)
     story = "\n".join(story)
     assert _temporaries(out) == [], story
     history, resumed = _read(out)
