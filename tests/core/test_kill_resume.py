@@ -92,9 +92,9 @@ def test_ten_kill_resume_cycles_end_like_an_uninterrupted_run(tmp_path, launcher
     print(f"temporaries the kills left (each removed by the next run): {left_behind}; kills inside writes: {in_writes}")
     # A kill sent while a temporary existed leaves it behind. On a loaded machine the polling can miss every
     # write (the checkpoints are small); then there is nothing to check here, and the rest still holds.
-    if in_writes:
-        assert any(".pt.tmp" in name for name in left_behind), "\n".join(story)
     story = "\n".join(story)
+    if in_writes:
+        assert any(".pt.tmp" in name for name in left_behind), story
     assert _temporaries(out) == [], story
     history, resumed = _read(out)
     _assert_same(resumed, expected, story)

@@ -15,8 +15,9 @@ kernels: the shared `_AffineNorm` autograd function computes the statistics from
 x^2 and has a hand-derived backward in tensor operations, which is several times faster on CPU
 than letting autograd differentiate through mean and variance. Under torch.compile the layers
 run the same formula in plain tensor ops instead (`_traced_affine_norm`; `_traced_group_norm` for
-GroupNorm and LayerNorm), which inductor fuses with their neighbours; autograd derives that backward. In float32 the results agree with
-PyTorch's layers to about 1e-6 of their scale (PyTorch's fused kernels round a little less).
+GroupNorm and LayerNorm), which inductor fuses with their neighbours; autograd derives that
+backward. In float32 the results agree with PyTorch's layers to about 1e-6 of their scale
+(PyTorch's fused kernels round a little less).
 Inputs may be NCHW-contiguous or channels_last; the output keeps the input's memory format.
 
 `make_norm(kind, num_channels)` builds any of them by name; `torch_bn` gives PyTorch's own
