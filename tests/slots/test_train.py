@@ -188,3 +188,31 @@ def test_compile_trains_the_trainable_parts_compiled_to_the_same_losses_as_eager
     for key in ("train/loss", "val/loss"):
         assert [r[key] for r in history[1]] == pytest.approx([r[key] for r in history[0]], rel=1e-4), key
     assert fast["mse"] == pytest.approx(eager["mse"], rel=1e-4)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_bf16_trains_under_autocast_and_scores_in_float32(decoder, cache, tmp_path, monkeypatch, vae_path):
+    """`--bf16` runs each training step's forward under bf16 autocast (the decoder's or UNet's output comes
+    out in bfloat16 there), its loss in float32 and close to float32 training's; validation and the final
+    scores run in float32 (every output float32)."""
+    seen = []  # (training, dtype) of each output of the part that decodes
+    part = SlotAutoencoder if decoder == "sbd" else SlotDiffusion
+    real_init = part.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        decoding = self.decoder if decoder == "sbd" else self.unet
+        decoding.register_forward_hook(lambda module, inputs, out: seen.append((module.training, out.dtype)))
+
+    monkeypatch.setattr(part, "__init__", init)
+    config = tiny_config(cache, decoder, vae=str(vae_path) if decoder == "diffusion" else None, epochs=1,
+                         steps_per_epoch=2, val_every=1)
+    plain = train(config, tmp_path / "float32")
+    assert {dtype for _, dtype in seen} == {torch.float32}
+    seen.clear()
+    fast = train(dataclasses.replace(config, bf16=True), tmp_path / "bf16")
+    assert {dtype for training, dtype in seen if training} == {torch.bfloat16}
+    assert {dtype for training, dtype in seen if not training} == {torch.float32}
+    losses = [[r["train/loss"] for r in history(tmp_path / run)] for run in ("float32", "bf16")]
+    assert losses[1] == pytest.approx(losses[0], rel=0.05)
+    assert np.isfinite(fast["mse"]) and fast["mse"] == pytest.approx(plain["mse"], rel=0.05)

@@ -133,6 +133,7 @@ class SlotsConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False  # torch.compile the trainable parts for training (on the CPU it needs a C++ compiler)
+    bf16: bool = False  # training steps under bf16 autocast (CUDA, or a CPU with bf16 arithmetic); scores stay float32
     # evaluation
     figure_images: int = 4  # validation images shown with every slot's mask
     fid: bool = True

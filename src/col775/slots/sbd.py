@@ -130,7 +130,7 @@ class SlotAutoencoder(nn.Module):
 
     def loss(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Mean squared error over every pixel and channel (the assignment's loss, up to a factor 3)."""
-        return F.mse_loss(self(images)["recon"], images)
+        return F.mse_loss(self(images)["recon"].float(), images)  # float32 under bf16 autocast too
 
     def masks(self, images: Tensor) -> Tensor:
         """The decoder's alpha masks [B, K, H, W] (sum to 1 over K)."""

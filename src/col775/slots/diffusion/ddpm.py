@@ -107,7 +107,7 @@ class GaussianDiffusion(nn.Module):
         if t is None:
             t = torch.randint(0, self.num_steps, (z0.shape[0],), device=z0.device)
         noise = torch.randn_like(z0) if noise is None else noise
-        return F.mse_loss(model(self.q_sample(z0, t, noise), t, cond), noise)
+        return F.mse_loss(model(self.q_sample(z0, t, noise), t, cond).float(), noise)  # float32 under bf16 autocast too
 
     def p_mean(self, model: Denoiser, z_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         """Mean of p(z_{t-1} | z_t): (z_t - beta_t / sqrt(1 - abar_t) eps_hat) / sqrt(alpha_t)."""
