@@ -250,3 +250,20 @@ def test_cpu_bf16_trains_in_bf16_and_channels_last_only_when_asked(tmp_path, mon
     monkeypatch.setattr(train_module, "build_model", spied)
     train(tiny(tmp_path, epochs=1, max_steps_per_epoch=1, cpu_bf16=cpu_bf16), tmp_path / "run")
     assert seen and set(seen) == {(torch.bfloat16, True) if cpu_bf16 else (torch.float32, False)}
+
+
+def test_every_compiled_run_of_a_process_is_compiled(tmp_path, monkeypatch):
+    """A study worker trains run after run in one process: each run's model is compiled afresh, not sent to
+    eager because earlier runs' models used up dynamo's recompile limit (set to 1 here to reach it at once;
+    dynamo's "eager" backend traces without generating code)."""
+    from torch._dynamo.utils import counters
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module: real_compile(module, backend="eager"))
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    graphs = []
+    for name in ("first", "second"):
+        before = counters["stats"]["unique_graphs"]
+        train(tiny(tmp_path, epochs=1, compile=True), tmp_path / name)
+        graphs.append(counters["stats"]["unique_graphs"] - before)
+    assert graphs[0] > 0 and graphs[1] > 0, graphs

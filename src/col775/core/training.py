@@ -79,6 +79,13 @@ class EarlyStopping:
         self.bad_epochs = state["bad_epochs"]
 
 
+def forget_compiled_code() -> None:
+    """Start a run's torch.compile from an empty cache. A study worker trains several runs in one process, and
+    dynamo counts the compiled variants of a `forward` for every model it has seen towards one recompile
+    limit (8): past it, that forward runs eagerly, slower and without a word but a warning."""
+    torch._dynamo.reset()
+
+
 def check_finite(loss: torch.Tensor | float, where: str) -> None:
     """Raise NonFiniteLossError naming where the loss went NaN or inf."""
     value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)

@@ -31,7 +31,8 @@ from col775.core.distributed import (barrier, broadcast_from_rank0, gather_in_or
                                      init_distributed, is_distributed, rank)
 from col775.core.plots import line_panels
 from col775.core.runs import RunDir
-from col775.core.training import EarlyStopping, NonFiniteLossError, optimise, progress, seed_everything
+from col775.core.training import (EarlyStopping, NonFiniteLossError, forget_compiled_code, optimise, progress,
+                                  seed_everything)
 from col775.resnet.config import ResnetConfig, run_fields
 from col775.resnet.augment import BatchAugment
 from col775.resnet.data import Loaders, build_loaders, normalize
@@ -288,6 +289,8 @@ def train(config: ResnetConfig, out: str | Path, force: bool = False) -> dict:
     model = build_model(config, num_classes).to(device)
     if config.channels_last and fast_formats(config, device):
         model = model.to(memory_format=torch.channels_last)
+    if config.compile:
+        forget_compiled_code()
     compiled = torch.compile if config.compile else (lambda module: module)
     # Evaluation runs on the bare model: under DDP each rank's unpadded shard may be a batch short of another's.
     scorer = compiled(model)

@@ -47,7 +47,8 @@ from col775.core.distributed import (barrier, from_rank0, gather_in_order, gathe
                                      is_distributed, rank, sum_over_ranks, world_size)
 from col775.core.disk_cache import file_sha256
 from col775.core.runs import RunDir, atomic_write_json
-from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything, single_process
+from col775.core.training import (EarlyStopping, forget_compiled_code, optimise, pick_device, progress,
+                                  seed_everything, single_process)
 from col775.slots.build import build_model, build_vae, compile_trainable, load_vae
 from col775.slots.config import SlotsConfig, run_fields
 from col775.slots.evaluate import evaluate
@@ -152,6 +153,7 @@ def _train(run: RunDir, config: SlotsConfig, out: Path, force: bool, device: tor
     loaders = make_loaders(config)
     model = build_model(config, vae).to(device)
     if config.compile:
+        forget_compiled_code()
         compile_trainable(model)
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config.lr)
     # step s trains at learning_rate(s + 1), so the first step is not at lr 0
