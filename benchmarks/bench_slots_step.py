@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 
+from col775.core.training import bf16_autocast
 from col775.slots.build import build_model, build_vae
 from col775.slots.config import load_slots_config
 
@@ -34,7 +35,7 @@ def training_step(preset: str, decoder: str, bf16: bool, device: torch.device) -
     generator = torch.Generator(device).manual_seed(0)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with bf16_autocast(device, bf16):
             loss = model.loss(images, generator).float()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

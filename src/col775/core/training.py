@@ -79,6 +79,12 @@ class EarlyStopping:
         self.bad_epochs = state["bad_epochs"]
 
 
+def bf16_autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
+    """bf16 autocast on `device`'s type (a no-op context when not `enabled`): the mixed precision every study
+    trains with where the hardware has bf16 arithmetic."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def forget_compiled_code() -> None:
     """Start a run's torch.compile from an empty cache. A study worker trains several runs in one process, and
     dynamo counts the compiled variants of a `forward` for every model it has seen towards one recompile

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
+from col775.core.training import bf16_autocast
 from col775.mathqa import data
 from col775.mathqa.models import WordpieceEncoder
 
@@ -43,7 +44,7 @@ def cache_hidden(encoder: WordpieceEncoder, examples: Sequence[data.Example], ba
     lengths = [len(e.wordpieces) for e in examples]
     for indices in data.BucketBatchSampler(lengths, batch_size, shuffle=False):
         batch = data.collate([examples[i] for i in indices], wordpiece_pad_id=wordpiece_pad_id).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with bf16_autocast(device, amp):
             states = encoder.hidden(batch).to("cpu", dtype)  # [B, W, D]
         for row, index in enumerate(indices):
             hidden[index] = states[row, : lengths[index]].clone()

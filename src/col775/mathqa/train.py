@@ -50,7 +50,7 @@ from col775.core.distributed import (barrier, broadcast_from_rank0, from_rank0, 
                                      init_distributed, is_distributed, rank, shard_indices, sum_over_ranks,
                                      world_size)
 from col775.core.runs import ConfigMismatchError, RunDir
-from col775.core.training import EarlyStopping, optimise, pick_device, progress, seed_everything
+from col775.core.training import EarlyStopping, bf16_autocast, optimise, pick_device, progress, seed_everything
 from col775.mathqa import data, synthetic
 from col775.mathqa.data import MAX_NUMBERS
 from col775.mathqa.beam import beam_search, greedy_search
@@ -345,7 +345,7 @@ def train_epoch(model: nn.Module, loader, optimizer, scheduler, config: MathqaCo
         batch = batch.to(device)
         count = (batch.tgt[:, 1:] != 0).sum()
         everywhere = sum_over_ranks(count.clone())
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
+        with bf16_autocast(device, config.amp):
             logits = model(batch, config.teacher_forcing)
             summed = sequence_loss(logits, batch, reduction="sum", label_smoothing=config.label_smoothing)
             plain = sequence_loss(logits.detach(), batch, reduction="sum") if config.label_smoothing else summed

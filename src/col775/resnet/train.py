@@ -31,8 +31,8 @@ from col775.core.distributed import (barrier, broadcast_from_rank0, gather_in_or
                                      init_distributed, is_distributed, rank)
 from col775.core.plots import line_panels
 from col775.core.runs import RunDir
-from col775.core.training import (EarlyStopping, NonFiniteLossError, forget_compiled_code, optimise, progress,
-                                  seed_everything)
+from col775.core.training import (EarlyStopping, NonFiniteLossError, bf16_autocast, forget_compiled_code, optimise,
+                                  progress, seed_everything)
 from col775.resnet.config import ResnetConfig, run_fields
 from col775.resnet.augment import BatchAugment
 from col775.resnet.data import Loaders, build_loaders, normalize
@@ -202,10 +202,6 @@ def amp_enabled(config: ResnetConfig, device: torch.device) -> bool:
     return config.amp and fast_formats(config, device)
 
 
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, amp: bool, desc: str) -> Evaluation:
     """Score ``model`` in eval mode on ``loader`` (one of :class:`Loaders`' evaluation loaders, which
@@ -218,7 +214,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool, desc: st
     outputs = _Outputs()
     for images, targets in progress(loader, desc):
         images, targets = _to_device(images, targets, device)
-        with _autocast(device, amp):
+        with bf16_autocast(device, amp):
             outputs.add(model(images), targets)
     return score(*(gather_in_order(array) for array in outputs.arrays()))
 
@@ -247,7 +243,7 @@ def train_epoch(model, loader, optimizer, scheduler, config: ResnetConfig, devic
         if limit and step >= limit:
             break
         images, targets = _to_device(images, targets, device, augment)
-        with _autocast(device, amp_enabled(config, device)):
+        with bf16_autocast(device, amp_enabled(config, device)):
             logits = model(images)
         loss = F.cross_entropy(logits.float(), targets)
         try:

@@ -47,8 +47,8 @@ from col775.core.distributed import (barrier, from_rank0, gather_in_order, gathe
                                      is_distributed, rank, sum_over_ranks, world_size)
 from col775.core.disk_cache import file_sha256
 from col775.core.runs import RunDir, atomic_write_json
-from col775.core.training import (EarlyStopping, forget_compiled_code, optimise, pick_device, progress,
-                                  seed_everything, single_process)
+from col775.core.training import (EarlyStopping, bf16_autocast, forget_compiled_code, optimise, pick_device,
+                                  progress, seed_everything, single_process)
 from col775.slots.build import build_model, build_vae, compile_trainable, load_vae
 from col775.slots.config import SlotsConfig, run_fields
 from col775.slots.evaluate import evaluate
@@ -90,8 +90,8 @@ def train_epoch(
     for step, batch in enumerate(progress(batches, f"epoch {epoch + 1}/{config.epochs} train", total=total, epoch=epoch)):
         images = batch["image"].to(device)
         noise = example_generators(batch["index"].tolist(), TRAIN_STREAM, config.seed, epoch * total + step)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-            loss = net(images, noise).float()
+        with bf16_autocast(device, config.bf16):
+            loss = net(images, noise)  # float32: each model's loss casts its output back
         everywhere = float(sum_over_ranks(torch.tensor(len(images), device=device)))
         optimise(loss * (len(images) * world_size() / everywhere), optimizer, f"epoch {epoch + 1}, step {step + 1}",
                  config.grad_clip, params)
