@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from col775.slots.encoder import position_grid
-from col775.slots.sbd import SlotAutoencoder, SlotAutoencoderConfig, course_config, demo_config
+from col775.slots.sbd import SlotAutoencoder, SlotAutoencoderConfig, course_config, demo_config, mask_entropy
 
 TINY = SlotAutoencoderConfig(
     image_size=16,
@@ -189,3 +189,31 @@ def test_position_init_gain_scales_only_the_encoders_position_embedding():
     torch.testing.assert_close(scaled.encoder.cnn[0].weight, paper.encoder.cnn[0].weight)
     with pytest.raises(ValueError, match="position_init_gain"):
         dataclasses.replace(TINY, position_init_gain=-1.0)
+
+
+def test_mask_entropy_is_the_categorical_entropy_of_each_pixel_over_slots():
+    torch.manual_seed(0)
+    masks = torch.randn(2, 5, 1, 4, 4).softmax(dim=1)
+    per_pixel = torch.distributions.Categorical(probs=masks.squeeze(2).permute(0, 2, 3, 1)).entropy()
+    assert mask_entropy(masks).item() == pytest.approx(per_pixel.mean().item(), rel=1e-5)
+    assert mask_entropy(torch.full((1, 2, 1, 3, 3), 0.5)).item() == pytest.approx(math.log(2), rel=1e-5)
+    one_slot = torch.zeros(1, 3, 1, 2, 2)
+    one_slot[:, 1] = 1
+    assert mask_entropy(one_slot).item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_the_mask_entropy_penalty_is_added_in_training_only():
+    torch.manual_seed(0)
+    model = SlotAutoencoder(dataclasses.replace(TINY, slot_init="learned"))  # deterministic: no slot noise
+    images = torch.rand(3, 3, 16, 16) * 2 - 1
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+        mse = torch.nn.functional.mse_loss(out["recon"], images).item()
+        entropy = mask_entropy(out["masks"]).item()
+        model.mask_entropy_weight = 0.5
+        assert model.loss(images).item() == pytest.approx(mse, rel=1e-5)  # validation: reconstruction alone
+        model.train()  # no dropout or batch norm: the forward is the same in both modes
+        assert model.loss(images).item() == pytest.approx(mse + 0.5 * entropy, rel=1e-5)
+        model.mask_entropy_weight = 0.0
+        assert model.loss(images).item() == pytest.approx(mse, rel=1e-5)

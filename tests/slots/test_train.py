@@ -16,7 +16,7 @@ from col775.slots.diffusion.ddpm import GaussianDiffusion
 from col775.slots.diffusion.model import SlotDiffusion
 from col775.slots.diffusion.vae import VQVAE
 from col775.slots.sbd import SlotAutoencoder
-from col775.slots.train import learning_rate, train
+from col775.slots.train import learning_rate, mask_entropy_weight, train
 from tests.slots.tiny import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -216,3 +216,28 @@ def test_bf16_trains_under_autocast_and_scores_in_float32(decoder, cache, tmp_pa
     losses = [[r["train/loss"] for r in history(tmp_path / run)] for run in ("float32", "bf16")]
     assert losses[1] == pytest.approx(losses[0], rel=0.05)
     assert np.isfinite(fast["mse"]) and fast["mse"] == pytest.approx(plain["mse"], rel=0.05)
+
+
+def test_mask_entropy_weight_is_off_then_ramps_linearly_then_holds():
+    config = tiny_config("unused", mask_entropy_weight=0.04, mask_entropy_start=100, mask_entropy_full=300)
+    weights = [mask_entropy_weight(config, step) for step in (0, 99, 100, 200, 300, 10_000)]
+    assert weights == pytest.approx([0.0, 0.0, 0.0, 0.02, 0.04, 0.04])
+    at_once = dataclasses.replace(config, mask_entropy_full=100)
+    assert [mask_entropy_weight(at_once, s) for s in (99, 100)] == [0.0, 0.04]
+    with pytest.raises(ValueError, match="mask entropy"):
+        tiny_config("unused", mask_entropy_start=10, mask_entropy_full=5)
+
+
+def test_each_training_step_of_the_sbd_takes_the_scheduled_mask_entropy_weight(cache, tmp_path, monkeypatch):
+    seen = []
+    real_loss = SlotAutoencoder.loss
+
+    def spy(model, images, generator=None):
+        if model.training:
+            seen.append(model.mask_entropy_weight)
+        return real_loss(model, images, generator)
+
+    monkeypatch.setattr(SlotAutoencoder, "loss", spy)
+    config = tiny_config(cache, mask_entropy_weight=0.3, mask_entropy_start=1, mask_entropy_full=4)
+    train(config, tmp_path / "run")
+    assert seen == pytest.approx([0.0, 0.0, 0.1, 0.2, 0.3, 0.3])  # 3 epochs of 2 steps

@@ -34,7 +34,10 @@ DECODERS = ("sbd", "diffusion")
 VAE_ARCHS = ("course", "small", "tiny")
 
 # The spatial broadcast decoder's own fields.
-SBD_FIELDS = ("decoder_broadcast", "decoder_channels", "decoder_strides", "decoder_kernel")
+SBD_FIELDS = (
+    "decoder_broadcast", "decoder_channels", "decoder_strides", "decoder_kernel", "mask_entropy_weight",
+    "mask_entropy_start", "mask_entropy_full",
+)  # fmt: skip
 # The VAE run's own fields (with DATA_FIELDS): a VAE is shared by every diffusion setting.
 VAE_FIELDS = (
     "vae_arch", "vae_num_codes", "vae_epochs", "vae_steps_per_epoch", "vae_batch_size", "vae_lr",
@@ -94,6 +97,12 @@ class SlotsConfig:
     decoder_channels: list[int] = field(default_factory=lambda: [64, 64, 64, 64, 64])
     decoder_strides: list[int] = field(default_factory=lambda: [2, 2, 2, 2, 1])
     decoder_kernel: int = 5
+    # a training penalty on the decoder's soft masks: their mean per-pixel entropy over slots, times a weight
+    # that ramps linearly from 0 at step mask_entropy_start to mask_entropy_weight at step mask_entropy_full
+    # (0 = off, the paper's loss); validation and checkpoint choice use the reconstruction MSE alone
+    mask_entropy_weight: float = 0.0
+    mask_entropy_start: int = 0
+    mask_entropy_full: int = 0
     # latent diffusion decoder: the frozen VAE, a state_dict file (the course's vae_checkpoint.pth or
     # a vae.pt from `train-vae`; its architecture is read from its shapes); None trains one first
     # into <out>/vae with the vae_* settings below
@@ -160,6 +169,11 @@ class SlotsConfig:
                      "vae_batch_size", "vae_num_codes"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.mask_entropy_weight < 0 or not 0 <= self.mask_entropy_start <= self.mask_entropy_full:
+            raise ValueError(
+                f"mask entropy needs weight >= 0 and 0 <= start <= full, got {self.mask_entropy_weight}, "
+                f"{self.mask_entropy_start}, {self.mask_entropy_full}"
+            )
         if self.sampler == "ddim" and not 1 <= self.sampler_steps <= self.num_timesteps:
             raise ValueError(f"sampler_steps must be in 1..num_timesteps={self.num_timesteps}, got {self.sampler_steps}")
         if self.data is None and (self.n_train < 1 or self.n_val < 2):

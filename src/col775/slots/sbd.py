@@ -2,7 +2,8 @@
 
 The slot encoder (encoder.py) -> slots; each slot broadcast to a small grid + position embedding
 -> transposed CNN -> 4 channels per slot: channel 0 is a mask logit (softmax over slots), channels
-1..3 the slot's RGB. Trained on the reconstruction MSE alone.
+1..3 the slot's RGB. Trained on the reconstruction MSE (the paper's loss), plus, when the training loop
+sets `mask_entropy_weight`, the masks' entropy (`mask_entropy`).
 """
 
 from __future__ import annotations
@@ -93,8 +94,21 @@ class SpatialBroadcastDecoder(nn.Module):
         return out.view(batch, num_slots, *out.shape[1:])
 
 
+def mask_entropy(masks: Tensor) -> Tensor:
+    """Mean over pixels of the entropy (nats) of soft masks [B, K, 1, H, W] over their K slots: 0 where one
+    slot holds a pixel alone, log 2 where two share it equally."""
+    masks = masks.float().clamp_min(1e-6)
+    return -(masks * masks.log()).sum(dim=1).mean()
+
+
 class SlotAutoencoder(nn.Module):
-    """Slot encoder + spatial broadcast decoder, trained on reconstruction alone (a `SlotModel`)."""
+    """Slot encoder + spatial broadcast decoder, trained on reconstruction (a `SlotModel`).
+
+    `mask_entropy_weight` (set by the training loop each step, 0 = off) adds that times `mask_entropy` of
+    the masks to the training loss: spare slots that share an object with the slot holding it, half each,
+    cost the reconstruction nothing, and their even split is what cuts the object in the argmax segments;
+    the penalty makes one slot take each pixel. It applies in training mode only, so validation scores
+    reconstruction alone."""
 
     label = "spatial broadcast decoder"
 
@@ -103,6 +117,7 @@ class SlotAutoencoder(nn.Module):
         self.config = config
         self.encoder = SlotEncoder(config)
         self.decoder = SpatialBroadcastDecoder(config)
+        self.mask_entropy_weight = 0.0
 
     def encode(self, images: Tensor, slots_init: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """images [B, 3, H, W] in [-1, 1] -> (slots [B, K, D], attn [B, K, N])."""
@@ -129,8 +144,13 @@ class SlotAutoencoder(nn.Module):
         return {**self.decode_parts(slots), "slots": slots, "attn": attn}
 
     def loss(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Mean squared error over every pixel and channel (the assignment's loss, up to a factor 3)."""
-        return F.mse_loss(self(images)["recon"].float(), images)  # float32 under bf16 autocast too
+        """Mean squared error over every pixel and channel (the assignment's loss, up to a factor 3), plus
+        in training the weighted mask entropy when its weight is set."""
+        out = self(images)
+        mse = F.mse_loss(out["recon"].float(), images)  # float32 under bf16 autocast too
+        if not (self.training and self.mask_entropy_weight > 0):
+            return mse
+        return mse + self.mask_entropy_weight * mask_entropy(out["masks"])
 
     def masks(self, images: Tensor) -> Tensor:
         """The decoder's alpha masks [B, K, H, W] (sum to 1 over K)."""

@@ -66,6 +66,16 @@ def learning_rate(config: SlotsConfig, step: int) -> float:
     return config.lr * warmup * config.decay_rate ** (step / config.decay_steps)
 
 
+def mask_entropy_weight(config: SlotsConfig, step: int) -> float:
+    """The SBD's mask-entropy weight at optimiser step `step`: 0 until mask_entropy_start, then a linear ramp
+    to mask_entropy_weight at mask_entropy_full. The slots first bind to objects under the reconstruction
+    alone (from the start the penalty lets one slot take the whole image), then their masks sharpen."""
+    if step < config.mask_entropy_start:
+        return 0.0
+    ramp = config.mask_entropy_full - config.mask_entropy_start
+    return config.mask_entropy_weight * (min(1.0, (step - config.mask_entropy_start) / ramp) if ramp else 1.0)
+
+
 def train_epoch(
     model: SlotModel,
     batches: Iterable[dict],
@@ -90,6 +100,8 @@ def train_epoch(
     for step, batch in enumerate(progress(batches, f"epoch {epoch + 1}/{config.epochs} train", total=total, epoch=epoch)):
         images = batch["image"].to(device)
         noise = example_generators(batch["index"].tolist(), TRAIN_STREAM, config.seed, epoch * total + step)
+        if config.decoder == "sbd":
+            model.mask_entropy_weight = mask_entropy_weight(config, epoch * total + step)
         with bf16_autocast(device, config.bf16):
             loss = net(images, noise)  # float32: each model's loss casts its output back
         everywhere = float(sum_over_ranks(torch.tensor(len(images), device=device)))
