@@ -55,15 +55,20 @@ def test_course_preset_is_the_papers_model_and_the_assignments_diffusion_decoder
     assert diffusion.sampler == "ancestral" and diffusion.sampler_label() == "ancestral, 1000 steps"
 
 
-def test_demo_preset_is_small_and_valid_for_both_decoders():
+def test_demo_preset_is_small_and_trains_the_sbd_with_the_cpu_presets_recipe():
+    cpu = load_slots_config("cpu", {}, "sbd")
     for decoder in ("sbd", "diffusion"):
         config = load_slots_config("demo", {}, decoder)
-        assert config.image_size == 32 and config.max_objects <= 4 and config.scene_style == "simple"
-        assert config.epochs * config.steps_per_epoch <= 1000
+        assert config.image_size == 32 and config.scene_style == "simple" and config.n_train <= 2000
+        assert (config.min_objects, config.max_objects, config.num_slots) == (cpu.min_objects, cpu.max_objects, cpu.num_slots)
         assert (config.slot_gradient, config.position_init_gain) == ("bi-level", 0.1)
     sbd = load_slots_config("demo", {}, "sbd")
-    assert sbd.model_config().image_size == 32
-    assert load_slots_config("demo", {}, "diffusion").sampler_label() == "DDIM, 25 steps"
+    assert sbd.model_config().image_size == 32 and sbd.bf16
+    assert sbd.epochs * sbd.steps_per_epoch <= 2500 and sbd.warmup_steps == cpu.warmup_steps
+    # the penalty starts after the slots bind (about 1,000 steps), as in the cpu preset
+    assert sbd.mask_entropy_weight == cpu.mask_entropy_weight and sbd.mask_entropy_start >= 1000
+    diffusion = load_slots_config("demo", {}, "diffusion")
+    assert diffusion.epochs * diffusion.steps_per_epoch <= 1000 and diffusion.sampler_label() == "DDIM, 25 steps"
 
 
 def test_cpu_preset_finds_objects_in_simple_scenes_with_the_binding_options_for_both_decoders():
@@ -72,6 +77,9 @@ def test_cpu_preset_finds_objects_in_simple_scenes_with_the_binding_options_for_
         assert (config.scene_style, config.image_size, config.n_val) == ("simple", 32, 500)
         assert (config.min_objects, config.max_objects, config.num_slots) == (2, 6, 7)  # K = the most objects + 1
         assert (config.slot_init, config.slot_gradient, config.position_init_gain) == ("learned", "bi-level", 0.1)
-    assert load_slots_config("cpu", {}, "sbd").model_config().image_size == 32
+    sbd = load_slots_config("cpu", {}, "sbd")
+    assert sbd.model_config().image_size == 32 and sbd.epochs * sbd.steps_per_epoch == 18_000
+    assert (sbd.mask_entropy_weight, sbd.mask_entropy_start, sbd.mask_entropy_full) == (0.05, 1500, 3000)
+    assert load_slots_config("cpu", {}, "diffusion").mask_entropy_weight == 0  # an SBD setting only
     paper = load_slots_config("cpu", {"slot_init": "gaussian", "slot_gradient": "full", "position_init_gain": 1.0})
     assert paper.encoder_config().slot_init == "gaussian"

@@ -305,3 +305,15 @@ def test_bad_scene_styles_are_one_clear_error(flags, message, capsys, tmp_path):
     assert main(["slots", "study", "--out", str(tmp_path / "study"), *flags]) == 2
     error = capsys.readouterr().err
     assert error.startswith("col775: error: ") and message in error
+
+
+def test_the_report_states_the_mask_entropy_penalty_and_labels_its_training_curve(cache, tmp_path):
+    penalised = tiny_config(cache, fid=False, epochs=2, mask_entropy_weight=0.1, mask_entropy_start=1,
+                            mask_entropy_full=2)  # fmt: skip
+    run_study({"sbd": penalised}, tmp_path / "penalised")
+    md = (tmp_path / "penalised" / "report.md").read_text()
+    assert "times a weight ramped from 0 at step 1 to 0.1 at step 2; the validation loss is the MSE alone" in md
+    assert "training loss (reconstruction MSE + the mask-entropy penalty) and validation reconstruction MSE" in md
+    run_study({"sbd": tiny_config(cache, fid=False, epochs=2)}, tmp_path / "plain")
+    md = (tmp_path / "plain" / "report.md").read_text()
+    assert "mask-entropy penalty" not in md and "train and validation reconstruction loss (MSE) per epoch" in md

@@ -77,9 +77,15 @@ def _model_text(config: SlotsConfig, metrics: dict, vae_run: dict | None) -> str
         f"with the lowest validation loss (epoch {metrics['best_epoch'] + 1})."
     )
     if config.decoder == "sbd":
+        penalty = ""
+        if config.mask_entropy_weight > 0:
+            penalty = (f"The training loss adds to the reconstruction MSE the masks' mean per-pixel entropy over slots "
+                       f"times a weight ramped from 0 at step {config.mask_entropy_start} to "
+                       f"{config.mask_entropy_weight} at step {config.mask_entropy_full}; the validation loss is the "
+                       "MSE alone. ")  # fmt: skip
         return (
             f"Slot Attention autoencoder (Locatello et al. 2020) with the spatial broadcast decoder: "
-            f"{metrics['parameters']:,} parameters. Its masks are the decoder's alpha masks. " + common
+            f"{metrics['parameters']:,} parameters. Its masks are the decoder's alpha masks. " + penalty + common
         )
     vae_source = "the given checkpoint"
     if vae_run is not None:
@@ -98,16 +104,22 @@ def _model_text(config: SlotsConfig, metrics: dict, vae_run: dict | None) -> str
     )
 
 
-def loss_curves(history: list[dict], figures: Path, decoder: str, name: str = "") -> list[tuple[Path, str]]:
+def loss_curves(history: list[dict], figures: Path, decoder: str, name: str = "",
+                penalised: bool = False) -> list[tuple[Path, str]]:
     """Train/val loss per epoch, and val ARI/FG-ARI where the data has masks (files named after the run
-    `name`, default the decoder)."""
+    `name`, default the decoder); `penalised`: the SBD's training loss holds the mask-entropy penalty."""
     name = name or decoder
     train = ([r["epoch"] + 1 for r in history], [r["train/loss"] for r in history])
     val_rows = [r for r in history if isinstance(r.get("val/loss"), (int, float))]
     val = ([r["epoch"] + 1 for r in val_rows], [r["val/loss"] for r in val_rows])
     what = "reconstruction loss (MSE)" if decoder == "sbd" else "diffusion loss (noise-prediction MSE)"
-    plots = [(line_plot({"train": train, "val": val}, figures / f"{name}_loss.png", title=what, ylabel="MSE"),
-              f"{NAMES[decoder]}: train and validation {what} per epoch")]
+    caption = f"{NAMES[decoder]}: train and validation {what} per epoch"
+    if penalised:
+        what = "train: MSE + mask-entropy penalty; val: MSE"
+        caption = (f"{NAMES[decoder]}: training loss (reconstruction MSE + the mask-entropy penalty) and validation "
+                   "reconstruction MSE per epoch")
+    plots = [(line_plot({"train": train, "val": val}, figures / f"{name}_loss.png", title=what, ylabel="loss"),
+              caption)]
     ari_rows = [r for r in val_rows if isinstance(r.get("val/ari"), (int, float))]
     if ari_rows:
         epochs = [r["epoch"] + 1 for r in ari_rows]
@@ -186,7 +198,8 @@ def _decoder_section(report: Report, result: DecoderResult) -> None:
     report.heading(f"The {NAMES[decoder]} decoder{style}")
     report.text(_model_text(result.config, metrics, result.vae_run))
     report.heading("Training curves", 3)
-    for png, caption in loss_curves(history, figures, decoder, result.name):
+    penalised = decoder == "sbd" and result.config.mask_entropy_weight > 0
+    for png, caption in loss_curves(history, figures, decoder, result.name, penalised):
         report.figure(png, caption)
     report.heading("Slots of validation images", 3)
     report.figure(result.slots_png, "Per validation image, top row: image, reconstruction, each slot's mask (white = 1); "
