@@ -314,6 +314,9 @@ def test_the_report_states_the_mask_entropy_penalty_and_labels_its_training_curv
     md = (tmp_path / "penalised" / "report.md").read_text()
     assert "times a weight ramped from 0 at step 1 to 0.1 at step 2; the validation loss is the MSE alone" in md
     assert "training loss (reconstruction MSE + the mask-entropy penalty) and validation reconstruction MSE" in md
+    # the penalised training loss is not set against the validation MSE
+    assert "holds the mask-entropy penalty, so it is not compared" in md and "overfit noticeably" not in md
     run_study({"sbd": tiny_config(cache, fid=False, epochs=2)}, tmp_path / "plain")
     md = (tmp_path / "plain" / "report.md").read_text()
     assert "mask-entropy penalty" not in md and "train and validation reconstruction loss (MSE) per epoch" in md
+    assert "x the training loss of that epoch" in md

@@ -228,11 +228,13 @@ def _decoder_section(report: Report, result: DecoderResult) -> None:
     )  # fmt: skip
     report.figure(Path(generation["grid"]), f"{result.label}: the first generated images")
     report.heading("Observations", 3)
-    report.text(observations(metrics, history, generation))
+    penalised = result.config.decoder == "sbd" and result.config.mask_entropy_weight > 0
+    report.text(observations(metrics, history, generation, penalised))
 
 
-def observations(metrics: dict, history: list[dict], generation: dict) -> str:
-    """A paragraph read off the numbers (claims only the numbers support)."""
+def observations(metrics: dict, history: list[dict], generation: dict, penalised: bool = False) -> str:
+    """A paragraph read off the numbers (claims only the numbers support); `penalised`: the training loss
+    holds the SBD's mask-entropy penalty, so it is not compared with the validation MSE."""
     parts = []
     losses = [r["train/loss"] for r in history]
     if len(losses) >= 2:
@@ -244,7 +246,14 @@ def observations(metrics: dict, history: list[dict], generation: dict) -> str:
             f"The training loss {direction} by {abs(100 * change):.0f}% from the first to the last epoch and {trend} at the end."
         )
     val = [r for r in history if isinstance(r.get("val/loss"), (int, float))]
-    if val:
+    if val and penalised:
+        low = min(val, key=lambda r: r["val/loss"])
+        parts.append(
+            f"The training loss holds the mask-entropy penalty, so it is not compared with the validation MSE, "
+            f"which was lowest at epoch {low['epoch'] + 1} ({low['val/loss']:.4g}) and {val[-1]['val/loss']:.4g} "
+            f"at the end{' (rising again: overfitting)' if val[-1]['val/loss'] > 1.05 * low['val/loss'] else ''}."
+        )
+    elif val:
         gap = val[-1]["val/loss"] / max(val[-1]["train/loss"], 1e-12)
         parts.append(
             f"The last validation loss is {gap:.2f}x the training loss of that epoch, "
