@@ -209,7 +209,7 @@ def test_the_mask_entropy_penalty_is_added_in_training_only():
     model.eval()
     with torch.no_grad():
         out = model(images)
-        mse = torch.nn.functional.mse_loss(out["recon"], images).item()
+        mse = F.mse_loss(out["recon"], images).item()
         entropy = mask_entropy(out["masks"]).item()
         model.mask_entropy_weight = 0.5
         assert model.loss(images).item() == pytest.approx(mse, rel=1e-5)  # validation: reconstruction alone

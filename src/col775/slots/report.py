@@ -112,13 +112,14 @@ def loss_curves(history: list[dict], figures: Path, decoder: str, name: str = ""
     train = ([r["epoch"] + 1 for r in history], [r["train/loss"] for r in history])
     val_rows = [r for r in history if isinstance(r.get("val/loss"), (int, float))]
     val = ([r["epoch"] + 1 for r in val_rows], [r["val/loss"] for r in val_rows])
-    what = "reconstruction loss (MSE)" if decoder == "sbd" else "diffusion loss (noise-prediction MSE)"
-    caption = f"{NAMES[decoder]}: train and validation {what} per epoch"
     if penalised:
-        what = "train: MSE + mask-entropy penalty; val: MSE"
+        title = "train: MSE + mask-entropy penalty; val: MSE"
         caption = (f"{NAMES[decoder]}: training loss (reconstruction MSE + the mask-entropy penalty) and validation "
                    "reconstruction MSE per epoch")
-    plots = [(line_plot({"train": train, "val": val}, figures / f"{name}_loss.png", title=what, ylabel="loss"),
+    else:
+        title = "reconstruction loss (MSE)" if decoder == "sbd" else "diffusion loss (noise-prediction MSE)"
+        caption = f"{NAMES[decoder]}: train and validation {title} per epoch"
+    plots = [(line_plot({"train": train, "val": val}, figures / f"{name}_loss.png", title=title, ylabel="loss"),
               caption)]
     ari_rows = [r for r in val_rows if isinstance(r.get("val/ari"), (int, float))]
     if ari_rows:
@@ -197,8 +198,8 @@ def _decoder_section(report: Report, result: DecoderResult) -> None:
     style = "" if result.name == decoder else f" ({result.config.scene_style} scenes)"
     report.heading(f"The {NAMES[decoder]} decoder{style}")
     report.text(_model_text(result.config, metrics, result.vae_run))
+    penalised = decoder == "sbd" and result.config.mask_entropy_weight > 0  # its training loss is not the MSE
     report.heading("Training curves", 3)
-    penalised = decoder == "sbd" and result.config.mask_entropy_weight > 0
     for png, caption in loss_curves(history, figures, decoder, result.name, penalised):
         report.figure(png, caption)
     report.heading("Slots of validation images", 3)
@@ -228,7 +229,6 @@ def _decoder_section(report: Report, result: DecoderResult) -> None:
     )  # fmt: skip
     report.figure(Path(generation["grid"]), f"{result.label}: the first generated images")
     report.heading("Observations", 3)
-    penalised = result.config.decoder == "sbd" and result.config.mask_entropy_weight > 0
     report.text(observations(metrics, history, generation, penalised))
 
 

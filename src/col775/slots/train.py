@@ -99,9 +99,10 @@ def train_epoch(
     params = model.trainable_parameters()
     for step, batch in enumerate(progress(batches, f"epoch {epoch + 1}/{config.epochs} train", total=total, epoch=epoch)):
         images = batch["image"].to(device)
-        noise = example_generators(batch["index"].tolist(), TRAIN_STREAM, config.seed, epoch * total + step)
+        at = epoch * total + step  # the optimiser step
+        noise = example_generators(batch["index"].tolist(), TRAIN_STREAM, config.seed, at)
         if config.decoder == "sbd":
-            model.mask_entropy_weight = mask_entropy_weight(config, epoch * total + step)
+            model.mask_entropy_weight = mask_entropy_weight(config, at)
         with bf16_autocast(device, config.bf16):
             loss = net(images, noise)  # float32: each model's loss casts its output back
         everywhere = float(sum_over_ranks(torch.tensor(len(images), device=device)))
